@@ -1,0 +1,26 @@
+# `make demo` and `make test` set up a local virtual environment on first use.
+PYTHON     ?= python3
+VENV       ?= .venv
+# The CPU wheel of torch 2.13.0; elsewhere override, e.g. `make test TORCH_SPEC="torch==2.5.1"`.
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m undiffuse train
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,166 @@
+"""`undiffuse` command line: train, sample.
+
+Run ``undiffuse COMMAND --help`` for each command's options.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from .config import PRESETS, TrainConfig, preset
+
+# Help for each TrainConfig field exposed as a flag (the field name with dashes).
+TRAIN_FLAGS: dict[str, str] = {
+    "data": "dataset: mnist, digits, toy2d[:swissroll|8gaussians|moons|checkerboard], or an image folder",
+    "image_size": "resize images to this size (mnist is padded 28->32 by default)",
+    "net": "network preset (ddpm-cifar10, mnist-small, tiny, ...) or 'mlp'",
+    "process": "forward process: ddpm[:linear|cosine|sigmoid[:N]], vp[:schedule], ve, edm",
+    "prediction": "what the network predicts: eps, x0, v, edm",
+    "label_dropout": "probability of training on the null class (for classifier-free guidance)",
+    "loss": "l2 or l1",
+    "weighting": "uniform or min_snr (Hang et al. 2023)",
+    "snr_gamma": "gamma of min-SNR weighting",
+    "steps": "number of optimisation steps",
+    "batch_size": "images per step",
+    "lr": "peak learning rate (AdamW)",
+    "lr_schedule": "constant or cosine (after warm-up)",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this value",
+    "ema_decay": "EMA decay of the weights used for sampling",
+    "seed": "seed for initialisation, batches, noise and samples",
+    "max_minutes": "stop training early after this many minutes (a checkpoint is written)",
+    "out": "run directory (config, checkpoints, log, samples)",
+    "log_every": "log every N steps",
+    "checkpoint_every": "write a checkpoint every N steps",
+    "sample_every": "write a sample grid every N steps (0: only at the end)",
+    "num_samples": "images in each sample grid",
+    "sampler": "sampler for the grids: ddpm or ddim",
+    "sample_steps": "sampler steps for the grids",
+    "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
+}
+BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
+              "channels_last": "channels-last memory format for images",
+              "class_conditional": "condition on class labels when the data has them",
+              "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)"}
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a diffusion model",
+                       description="Train a diffusion model. With no options: the MNIST demo preset "
+                                   "(class-conditional digits in minutes on a laptop CPU).")
+    p.add_argument("--preset", default="mnist", help=f"starting configuration: {', '.join(PRESETS)}")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for name, text in TRAIN_FLAGS.items():
+        kind = types[name]
+        conv = int if "int" in str(kind) and "float" not in str(kind) else \
+            float if "float" in str(kind) else str
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None, help=text)
+    for name, text in BOOL_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       action=argparse.BooleanOptionalAction, help=text)
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained run",
+                       description="Draw samples from a run directory's EMA weights.")
+    p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
+    p.add_argument("--sampler", default="ddim", help="ddpm or ddim")
+    p.add_argument("--steps", type=int, default=50, help="number of sampler steps (network evaluations)")
+    p.add_argument("--spacing", default="trailing", help="trailing, linspace, leading, karras, logsnr")
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="seed: fixes every sample")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class to generate (conditional models); default: one column per class")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale w (1: plain conditional; > 1: stronger)")
+    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
+    p.add_argument("--out", default="samples.png", help="where to write the grid (PNG)")
+    p.add_argument("--trajectory", default=None, help="also write x_t and predicted x0 along the way")
+
+
+def cmd_train(args) -> int:
+    cfg = preset(args.preset)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in TRAIN_FLAGS or k in BOOL_FLAGS if v is not None}
+    cfg = cfg.updated(**overrides)
+    from .train import NonFiniteLossError, Trainer
+    from .viz import plot_loss_curve
+
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    if args.resume and trainer.resume():
+        print(f"resumed {cfg.out} at step {trainer.step}")
+    try:
+        trainer.fit()
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out)
+    pictures = [out / "samples" / "final.png", plot_loss_curve(out / "log.jsonl", out / "samples" / "loss.png")]
+    if trainer.data.x.ndim == 4:
+        pictures.append(_trajectory(trainer.pipeline(), cfg, out / "samples" / "trajectory.png"))
+    print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
+    for path in pictures:
+        print(f"  picture: {path}")
+    return 0
+
+
+def _trajectory(pipe, cfg: TrainConfig, path: Path, n: int = 10, class_label=None) -> Path:
+    from .viz import save_trajectory
+
+    labels = class_label if class_label is not None else (
+        None if pipe.num_classes is None else list(range(n)) if n <= pipe.num_classes else None)
+    res = pipe.sample(n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed,
+                      class_labels=labels, guidance=cfg.guidance if labels is not None else 1.0,
+                      trajectory=True)
+    keep = sorted({round(i * (len(res.xs) - 1) / 9) for i in range(10)})
+    save_trajectory([res.xs[i] for i in keep] + [res.x0], [res.x0_hats[i] for i in keep] + [res.x0],
+                    path, ts=[res.ts[i] for i in keep] + [0.0])
+    return path
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .pipeline import load
+    from .viz import save_grid
+
+    pipe = load(args.run)
+    opts = {} if args.eta is None else {"eta": args.eta}
+    if args.class_label is not None:
+        labels = args.class_label
+    elif pipe.num_classes is not None:
+        labels = torch.arange(args.n) % pipe.num_classes
+    else:
+        labels = None
+    t0 = time.perf_counter()
+    x = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
+                    seed=args.seed, class_labels=labels, guidance=args.guidance, bf16=args.bf16,
+                    **opts)
+    dt = time.perf_counter() - t0
+    nrow = pipe.num_classes if (labels is not None and args.class_label is None) else None
+    print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {save_grid(x, args.out, nrow=nrow)}")
+    if args.trajectory:
+        cfg = TrainConfig(sampler=args.sampler, sample_steps=args.steps, seed=args.seed,
+                          guidance=args.guidance)
+        print(f"trajectory -> {_trajectory(pipe, cfg, Path(args.trajectory), class_label=args.class_label)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="undiffuse", description="A lab for diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_sample(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

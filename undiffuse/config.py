@@ -1,0 +1,97 @@
+"""One dataclass configures a training run; named presets fill it in.
+
+The config is saved as JSON in the run directory and compared on ``--resume``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from .denoiser import PARAMETERIZATIONS
+from .losses import LOSSES, WEIGHTINGS
+
+
+@dataclass
+class TrainConfig:
+    # data and model
+    data: str = "mnist"
+    image_size: int | None = None
+    net: str | dict = "mnist-small"
+    process: str | dict = "ddpm:cosine:1000"
+    prediction: str = "eps"
+    class_conditional: bool = True
+    label_dropout: float = 0.1
+    learn_variance: bool = False
+    clip_x0: float | None = 1.0  # images only: clamp x0_hat to the data range while sampling
+    # objective
+    loss: str = "l2"
+    weighting: str = "uniform"
+    snr_gamma: float = 5.0
+    # optimisation
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    bf16: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    max_minutes: float | None = None  # stop early (with a checkpoint) after this much training time
+    # outputs
+    out: str = "runs/mnist"
+    log_every: int = 25
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    num_samples: int = 100
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    guidance: float = 1.0  # classifier-free guidance scale for the grids (conditional models)
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.prediction in PARAMETERIZATIONS, f"prediction must be one of {PARAMETERIZATIONS}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}"),
+            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.label_dropout < 1, "label_dropout must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.grad_clip > 0, "grad_clip must be > 0"),
+            (min(self.log_every, self.checkpoint_every) >= 1, "log/checkpoint intervals must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {message}")
+
+    def updated(self, **changes) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}")
+        return replace(self, **changes)
+
+
+#: Named starting points; `undiffuse train --preset NAME` and CLI flags override fields.
+PRESETS: dict[str, TrainConfig] = {
+    # The demo: recognisable class-conditional MNIST digits in minutes on 2 CPU cores
+    # (choices and measurements in docs/mnist_recipe.md).
+    "mnist": TrainConfig(),
+    "digits": TrainConfig(data="digits", net="tiny", steps=2000, batch_size=128, out="runs/digits"),
+    "toy2d": TrainConfig(data="toy2d", net={"type": "mlp"}, process="ddpm:linear:1000",
+                         steps=3000, batch_size=256, lr=1e-3, bf16=False, out="runs/toy2d",
+                         num_samples=2000),
+    "ddpm-cifar10": TrainConfig(net="ddpm-cifar10", process="ddpm:linear:1000", lr=2e-4,
+                                batch_size=128, steps=800_000, warmup_steps=5000, ema_decay=0.9999,
+                                class_conditional=False, out="runs/cifar10"),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name])

@@ -1,0 +1,59 @@
+"""Denoising networks: the DDPM/ADM U-Net for images and a small MLP for toy data.
+
+Every net is called as ``net(x, noise_label, class_labels=None)`` and returns a tensor with
+``out_channels`` (U-Net) or ``out_dim`` (MLP) channels. ``build_net`` makes one from a preset
+name or a config dict; ``net_config`` gives back the JSON-serialisable dict that rebuilds it,
+so a run directory can store the architecture next to the weights.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
+from .mlp import MLPDenoiser
+from .unet import UNET_PRESETS, UNet
+
+__all__ = ["UNet", "MLPDenoiser", "TimeEmbedding", "ClassEmbedding", "timestep_embedding",
+           "UNET_PRESETS", "NET_TYPES", "build_net", "net_config"]
+
+NET_TYPES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLPDenoiser}
+
+
+def build_net(name_or_config: str | dict, **overrides) -> nn.Module:
+    """Build a net from a preset name, a config dict, or either with keyword overrides.
+
+    * ``build_net("ddpm-cifar10")``: a preset from ``UNET_PRESETS``;
+    * ``build_net("unet")`` or ``build_net("mlp")``: that type with its default arguments;
+    * ``build_net({"type": "mlp", "hidden": 128})``: what ``net_config`` returns;
+    * ``build_net("mnist-small", num_classes=10)``: overrides win over the preset or dict.
+    """
+    if isinstance(name_or_config, str):
+        if name_or_config in UNET_PRESETS:
+            config = {"type": "unet", **UNET_PRESETS[name_or_config]}
+        elif name_or_config in NET_TYPES:
+            config = {"type": name_or_config}
+        else:
+            raise ValueError(f"unknown net {name_or_config!r}; presets: {sorted(UNET_PRESETS)}, "
+                             f"types: {sorted(NET_TYPES)}")
+    else:
+        config = dict(name_or_config)
+    config.update(overrides)
+    net_type = config.pop("type", None)
+    if net_type not in NET_TYPES:
+        raise ValueError(f"net config needs 'type' in {sorted(NET_TYPES)}, got {net_type!r}")
+    return NET_TYPES[net_type](**config)
+
+
+def net_config(net: nn.Module) -> dict:
+    """The JSON-serialisable dict (with ``"type"``) from which ``build_net`` rebuilds ``net``.
+
+    It lists every constructor argument, defaults included, so the saved architecture does not
+    change if a default does later. A ``torch.compile``-d net reports the net it wraps.
+    """
+    net = getattr(net, "_orig_mod", net)
+    for net_type, cls in NET_TYPES.items():
+        if isinstance(net, cls):
+            return {"type": net_type, **copy.deepcopy(net.config)}
+    raise TypeError(f"net_config knows {sorted(NET_TYPES)}, not {type(net).__name__}")

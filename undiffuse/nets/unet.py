@@ -1,0 +1,223 @@
+"""The DDPM / ADM U-Net for images.
+
+The layout is DDPM's (Ho et al. 2020, appendix B; the PixelCNN++-style Wide-ResNet U-Net): a
+``conv_in``, an encoder of residual blocks per resolution with self-attention at chosen
+resolutions and stride-2 downsampling between them, a middle Res-Attn-Res, a decoder that
+concatenates the encoder's activations (skips) and upsamples, then GroupNorm-SiLU-conv out.
+Two refinements from ADM (Dhariwal & Nichol 2021) are settings: multi-head attention
+(``head_dim``) and the noise embedding entering each block as a scale and shift of its second
+GroupNorm (``scale_shift``, ADM's ``use_scale_shift_norm``) instead of DDPM's plain addition.
+
+Every module works in channels_last memory format and under bf16 autocast: tensors are reshaped
+(never ``view``-ed) and attention goes through ``scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embeddings import ClassEmbedding, TimeEmbedding, batch_noise_labels
+
+__all__ = ["UNet", "UNetBlock", "AttentionBlock", "Downsample", "Upsample", "UNET_PRESETS"]
+
+
+def group_norm(channels: int, num_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= ``num_groups`` that divides ``channels``.
+
+    DDPM uses 32 groups; small test nets (16 or 48 channels) need fewer to stay valid.
+    """
+    return nn.GroupNorm(math.gcd(num_groups, channels), channels)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so the residual branch it closes starts as the identity (ADM)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class AttentionBlock(nn.Module):
+    """Residual multi-head self-attention over the pixels of a feature map.
+
+    ``num_heads = channels // head_dim`` (at least one, and reduced until it divides channels);
+    DDPM's single head is ``head_dim >= channels``. Text conditioning would add a cross-attention
+    here, taking keys and values from an optional ``context`` argument; nothing uses it yet.
+    """
+
+    def __init__(self, channels: int, head_dim: int = 64, num_groups: int = 32) -> None:
+        super().__init__()
+        heads = max(1, channels // head_dim)
+        while channels % heads:
+            heads -= 1
+        self.num_heads = heads
+        self.norm = group_norm(channels, num_groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNetBlock(nn.Module):
+    """Residual block conditioned on the noise embedding, optionally followed by self-attention.
+
+    GroupNorm-SiLU-conv3x3, then the embedding: ``h = norm(h) * (1 + scale) + shift`` when
+    ``scale_shift`` (ADM), else ``h = norm(h + proj(emb))`` (DDPM); then SiLU-dropout-conv3x3, the
+    last conv zero-initialised. A 1x1 conv matches the skip when the channel count changes.
+    ``emb`` arrives already passed through SiLU, the first layer of every block's projection.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, *, attention: bool = False,
+                 dropout: float = 0.0, scale_shift: bool = True, head_dim: int = 64,
+                 num_groups: int = 32) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = group_norm(in_channels, num_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if scale_shift else 1))
+        self.norm2 = group_norm(out_channels, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.attn = AttentionBlock(out_channels, head_dim, num_groups) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        params = self.emb_proj(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = params.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + params)
+        h = self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+        return self.attn(h) if self.attn is not None else h
+
+
+class Downsample(nn.Module):
+    """Halve the resolution: a stride-2 conv3x3, or 2x2 average pooling without a conv (DDPM)."""
+
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour, then a conv3x3 unless disabled (DDPM)."""
+
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class UNet(nn.Module):
+    """DDPM/ADM U-Net: ``net(x, noise_label, class_labels=None)`` -> (B, out_channels, H, W).
+
+    ``image_size`` fixes the resolutions at which attention happens (level ``l`` works at
+    ``image_size / 2**l``); inputs of other sizes work when H and W are divisible by
+    ``2 ** (len(channel_mult) - 1)``. ``out_channels`` defaults to ``in_channels``; pass twice that
+    for a learned variance. With ``num_classes`` set, ``class_labels`` in ``[0, num_classes]``
+    (``num_classes`` being the null class, also used when labels are None) add a learned
+    embedding to the noise embedding, as ADM does. ``self.config`` holds the constructor
+    arguments so that ``undiffuse.nets.net_config`` can rebuild the net.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int | None = None, image_size: int = 32,
+                 channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, num_classes: int | None = None,
+                 head_dim: int = 64, num_groups: int = 32, resample_with_conv: bool = True,
+                 scale_shift: bool = True) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, image_size=image_size,
+                           channels=channels, channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
+                           attn_resolutions=list(attn_resolutions), dropout=dropout, num_classes=num_classes,
+                           head_dim=head_dim, num_groups=num_groups, resample_with_conv=resample_with_conv,
+                           scale_shift=scale_shift)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.image_size, self.num_classes = image_size, num_classes
+        self.num_levels = len(channel_mult)
+        emb_dim = 4 * channels
+        block = dict(emb_dim=emb_dim, dropout=dropout, scale_shift=scale_shift, head_dim=head_dim,
+                     num_groups=num_groups)
+
+        self.time_emb = TimeEmbedding(channels, emb_dim)
+        self.class_emb = ClassEmbedding(num_classes, emb_dim)
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+
+        # Encoder; skip_channels records every activation the decoder will concatenate.
+        self.enc = nn.ModuleList()
+        skip_channels, cin = [channels], channels
+        for level, mult in enumerate(channel_mult):
+            attention = (image_size >> level) in attn_resolutions
+            for _ in range(num_res_blocks):
+                self.enc.append(UNetBlock(cin, channels * mult, attention=attention, **block))
+                cin = channels * mult
+                skip_channels.append(cin)
+            if level < self.num_levels - 1:
+                self.enc.append(Downsample(cin, resample_with_conv))
+                skip_channels.append(cin)
+
+        self.mid = nn.ModuleList([UNetBlock(cin, cin, attention=True, **block), UNetBlock(cin, cin, **block)])
+
+        # Decoder: one block more per level than the encoder, to consume the downsample's skip too.
+        self.dec = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            attention = (image_size >> level) in attn_resolutions
+            for _ in range(num_res_blocks + 1):
+                self.dec.append(UNetBlock(cin + skip_channels.pop(), channels * mult, attention=attention, **block))
+                cin = channels * mult
+            if level > 0:
+                self.dec.append(Upsample(cin, resample_with_conv))
+
+        self.norm_out = group_norm(cin, num_groups)
+        self.conv_out = zero_init(nn.Conv2d(cin, out_channels, 3, padding=1))
+
+    def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        factor = 2 ** (self.num_levels - 1)
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
+        emb = self.time_emb(batch_noise_labels(noise_label, x.shape[0], x.device))
+        class_emb = self.class_emb(class_labels, x.shape[0], x.device)
+        if class_emb is not None:
+            emb = emb + class_emb
+        emb = F.silu(emb)  # every block's projection starts with SiLU: apply it once here
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.enc:
+            h = block(h, emb) if isinstance(block, UNetBlock) else block(h)
+            skips.append(h)
+        for block in self.mid:
+            h = block(h, emb)
+        for block in self.dec:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, UNetBlock) else block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+UNET_PRESETS: dict[str, dict] = {
+    # Ho et al. 2020's CIFAR-10 model (35.7M parameters): DDPM's additive noise embedding. Its
+    # single-head attention is head_dim >= 256; heads of 64 cost no parameters and match ADM.
+    "ddpm-cifar10": dict(in_channels=3, image_size=32, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                         attn_resolutions=(16,), dropout=0.1, scale_shift=False),
+    # Fast enough for unit tests: two levels, attention at 16x16.
+    "tiny": dict(in_channels=1, image_size=32, channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                 attn_resolutions=(16,), dropout=0.0),
+    # A first guess for the MNIST demo (images padded to 32x32).
+    "mnist-small": dict(in_channels=1, image_size=32, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attn_resolutions=(16,), dropout=0.0),
+}

@@ -1,0 +1,116 @@
+"""The notebook-facing API: ``undiffuse.train(config)`` and ``undiffuse.load(run_dir).sample(...)``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import latest_checkpoint, load_weights, read_json
+from .config import TrainConfig
+from .denoiser import Denoiser
+from .guidance import ClassifierFreeGuidance
+from .nets import build_net
+from .processes import from_config
+from .samplers import SAMPLERS, timesteps
+
+
+@dataclass
+class SampleResult:
+    x0: Tensor                      # final samples
+    xs: list[Tensor] | None = None  # x_t at each step (with trajectory=True)
+    x0_hats: list[Tensor] | None = None
+    ts: list[float] | None = None
+
+
+class Pipeline:
+    """A trained denoiser (EMA weights) plus what is needed to sample from it."""
+
+    def __init__(self, denoiser: Denoiser, shape: tuple[int, ...], num_classes: int | None = None,
+                 class_names: list[str] | None = None, run_dir: Path | None = None):
+        self.denoiser = denoiser.eval()
+        self.shape, self.num_classes, self.class_names = tuple(shape), num_classes, class_names
+        self.run_dir = run_dir
+
+    @property
+    def process(self):
+        return self.denoiser.process
+
+    @torch.inference_mode()
+    def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50,
+               spacing: str = "trailing", seed: int = 0, class_labels: Tensor | list[int] | int | None = None,
+               guidance: float = 1.0, bf16: bool = False, trajectory: bool = False,
+               **options) -> Tensor | SampleResult:
+        """Draw ``n`` samples. ``class_labels``: one label for all, a list, or None (the null class
+        for conditional models). ``guidance``: classifier-free guidance scale w (1 = plain
+        conditional). Returns a tensor in the data range, or a SampleResult with the
+        intermediate x_t and predicted x0 when ``trajectory=True``."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        gen = torch.Generator().manual_seed(seed)
+        x = self.process.prior((n, *self.shape), gen)
+        cond = self._labels(class_labels, n)
+        ts = timesteps(self.process, steps, spacing)
+        denoiser = self.denoiser
+        if guidance != 1.0:
+            if cond is None:
+                raise ValueError("guidance needs a class-conditional model")
+            denoiser = ClassifierFreeGuidance(denoiser, guidance, null_cond=self.num_classes)
+        xs, x0s = [], []
+        callback = (lambda d: (xs.append(d["x"].float()), x0s.append(d["x0_hat"].float()))) \
+            if trajectory else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = SAMPLERS[sampler](denoiser, x, ts, cond=cond, generator=gen,
+                                    callback=callback, **options)
+        out = out.float()
+        if not trajectory:
+            return out
+        return SampleResult(out, xs, x0s, ts[:len(xs)].tolist())
+
+    def _labels(self, labels, n: int) -> Tensor | None:
+        if labels is None:
+            return None if self.num_classes is None else torch.full((n,), self.num_classes)
+        if self.num_classes is None:
+            raise ValueError("this model is unconditional: it takes no class labels")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = labels.expand(n) if labels.ndim == 0 else labels
+        if len(labels) != n or bool((labels < 0).any()) or bool((labels > self.num_classes).any()):
+            raise ValueError(f"class labels must be {n} values in 0..{self.num_classes - 1} "
+                             f"(or {self.num_classes} for unconditional), got {labels.tolist()}")
+        return labels
+
+
+def load(run_dir: str | Path, weights: str = "ema") -> Pipeline:
+    """Load a run directory written by ``undiffuse train`` (EMA weights by default)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with "
+                                "`undiffuse train --out DIR`")
+    cfg = read_json(run_dir / "config.json")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet (checkpoints/latest is missing)")
+    net = build_net(cfg["net"])
+    den = cfg["denoiser"]
+    denoiser = Denoiser(net, from_config(cfg["process"]), den["prediction"],
+                        sigma_data=den["sigma_data"], learn_variance=den["learn_variance"],
+                        clip_x0=den["clip_x0"])
+    if weights not in ("ema", "model"):
+        raise ValueError("weights must be 'ema' or 'model'")
+    denoiser.load_state_dict(load_weights(ckpt / f"{weights}.safetensors"))
+    data = cfg["data"]
+    return Pipeline(denoiser, data["shape"], data["num_classes"], data.get("class_names"), run_dir)
+
+
+def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,
+          **overrides) -> Pipeline:
+    """Train a model (the MNIST demo preset by default) and return its Pipeline."""
+    from .train import Trainer
+
+    cfg = (config or TrainConfig()).updated(**overrides) if overrides else (config or TrainConfig())
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume()
+    trainer.fit(progress=progress)
+    return load(cfg.out)
