@@ -20,8 +20,8 @@ from undiffuse.data import load_dataset
 from undiffuse.metrics import extract_features, fid_from_features, get_feature_net, predict_labels
 from undiffuse.train import Trainer
 
-UNET = dict(type="unet", channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-            attn_resolutions=(16,), dropout=0.0)
+UNET = dict(type="unet", channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+            attn_resolutions=(8,), dropout=0.0)
 CANDIDATES = {
     "base": {},                                               # eps, cosine DDPM, lr 1e-3, batch 128
     "v": {"prediction": "v"},
@@ -31,9 +31,9 @@ CANDIDATES = {
     "edm": {"prediction": "edm", "process": "edm"},
     "lr2e-3": {"lr": 2e-3},
     "bs64": {"batch_size": 64},
-    "ch48": {"net": {**UNET, "channels": 48, "attn_resolutions": (8,)}},
-    "ch64": {"net": {**UNET, "channels": 64, "attn_resolutions": (8,)}},
-    "noattn": {"net": {**UNET, "attn_resolutions": ()}},
+    "ch48": {"net": {**UNET, "channels": 48}},
+    "small122": {"net": {**UNET, "channel_mult": (1, 2, 2)}},
+    "attn16": {"net": {**UNET, "attn_resolutions": (16, 8)}},
     "linear": {"process": "ddpm:linear:1000"},
 }
 
@@ -50,7 +50,8 @@ def evaluate(pipe, feat_net, real_feats, n: int, guidance: float, steps: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=3.0, help="training budget per candidate")
+    ap.add_argument("--minutes", type=float, default=None, help="training budget per candidate")
+    ap.add_argument("--train-steps", type=int, default=None, help="or: fixed steps per candidate")
     ap.add_argument("--candidates", default="base,v,x0,minsnr")
     ap.add_argument("--n", type=int, default=500, help="samples per evaluation")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -68,7 +69,8 @@ def main() -> None:
     print(f"{'candidate':10s} {'steps':>6s} {'img/s':>6s} {'loss':>7s}  " +
           "  ".join(f"FID(w={g}) acc(w={g})" for g in args.guidance.split(",")))
     for name in args.candidates.split(","):
-        cfg = preset("mnist").updated(out=f"{args.out}/{name}", steps=10**6, max_minutes=args.minutes,
+        cfg = preset("mnist").updated(out=f"{args.out}/{name}", steps=args.train_steps or 10**6,
+                                      max_minutes=args.minutes,
                                       sample_every=0, checkpoint_every=10**6, log_every=50,
                                       **CANDIDATES[name])
         trainer = Trainer(cfg, data=data)

@@ -96,7 +96,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema: torch
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+    # Never delete the checkpoint just written, even when a run restarted from scratch in this
+    # directory left checkpoints with higher step numbers (``latest`` names this one).
+    others = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name)
+    for old in others[:max(0, len(others) - (KEEP_CHECKPOINTS - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -1,4 +1,4 @@
-"""`undiffuse` command line: train, sample.
+"""`undiffuse` command line: train, sample, eval.
 
 Run ``undiffuse COMMAND --help`` for each command's options.
 """
@@ -16,6 +16,8 @@ from .config import PRESETS, TrainConfig, preset
 TRAIN_FLAGS: dict[str, str] = {
     "data": "dataset: mnist, digits, toy2d[:swissroll|8gaussians|moons|checkerboard], or an image folder",
     "image_size": "resize images to this size (mnist is padded 28->32 by default)",
+    "channels": "image folders: 1 (grayscale) or 3 (RGB); default: from the images",
+    "on_bad_image": "image folders: 'error' (default) or 'skip' unreadable images with a warning",
     "net": "network preset (ddpm-cifar10, mnist-small, tiny, ...) or 'mlp'",
     "process": "forward process: ddpm[:linear|cosine|sigmoid[:N]], vp[:schedule], ve, edm",
     "prediction": "what the network predicts: eps, x0, v, edm",
@@ -45,7 +47,8 @@ TRAIN_FLAGS: dict[str, str] = {
 BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
               "channels_last": "channels-last memory format for images",
               "class_conditional": "condition on class labels when the data has them",
-              "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)"}
+              "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)",
+              "labels_from_subfolders": "image folders: class labels from first-level sub-folders"}
 
 
 def _add_train(sub) -> None:
@@ -82,6 +85,35 @@ def _add_sample(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
     p.add_argument("--out", default="samples.png", help="where to write the grid (PNG)")
     p.add_argument("--trajectory", default=None, help="also write x_t and predicted x0 along the way")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="measure a trained run (FID-style, KID, PRDC, bits/dim, plots)",
+                       description="Measure a run's samples against real data in a feature network's "
+                                   "space, beside the real-data floor; write eval.json and plots.")
+    p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
+    p.add_argument("--n", type=int, default=2000, help="number of generated samples")
+    p.add_argument("--sampler", default="ddim", help="ddpm or ddim")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--spacing", default="trailing", help="step spacing")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
+    p.add_argument("--nll-steps", type=int, default=100,
+                   help="DDPM steps evaluated for the bound (strided, unbiased estimate)")
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_table
+
+    result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+                      spacing=args.spacing, guidance=args.guidance, seed=args.seed,
+                      nll_images=args.nll_images, nll_steps=args.nll_steps)
+    print(format_table(result))
+    print(f"written: {Path(args.run) / 'eval.json'}")
+    for name, path in result.get("plots", {}).items():
+        print(f"  {name}: {path}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -129,9 +161,16 @@ def cmd_sample(args) -> int:
     import torch
 
     from .pipeline import load
-    from .viz import save_grid
+    from .viz import plot_points, save_grid
 
+    if args.eta is not None and args.sampler == "ddpm":
+        raise ValueError("--eta is an option of the ddim sampler; drop it for --sampler ddpm "
+                         "(ancestral sampling is already stochastic) or use --sampler ddim")
     pipe = load(args.run)
+    points = len(pipe.shape) == 1  # a 2-D toy run: draw a scatter, not an image grid
+    if points and args.trajectory:
+        raise ValueError(f"--trajectory draws images, but {args.run} is a run on "
+                         f"{pipe.shape[0]}-D points; drop --trajectory")
     opts = {} if args.eta is None else {"eta": args.eta}
     if args.class_label is not None:
         labels = args.class_label
@@ -145,7 +184,8 @@ def cmd_sample(args) -> int:
                     **opts)
     dt = time.perf_counter() - t0
     nrow = pipe.num_classes if (labels is not None and args.class_label is None) else None
-    print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {save_grid(x, args.out, nrow=nrow)}")
+    path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
+    print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {path}")
     if args.trajectory:
         cfg = TrainConfig(sampler=args.sampler, sample_steps=args.steps, seed=args.seed,
                           guidance=args.guidance)
@@ -158,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_sample(sub)
+    _add_eval(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
+        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,10 @@ class TrainConfig:
     # data and model
     data: str = "mnist"
     image_size: int | None = None
-    net: str | dict = "mnist-small"
+    channels: int | None = None  # image folders: 1 (grayscale) or 3 (RGB); default from the images
+    on_bad_image: str = "error"  # image folders: "error" or "skip" unreadable files
+    labels_from_subfolders: bool = False
+    net: str | dict = "mnist-demo"
     process: str | dict = "ddpm:cosine:1000"
     prediction: str = "eps"
     class_conditional: bool = True
@@ -27,11 +30,11 @@ class TrainConfig:
     weighting: str = "uniform"
     snr_gamma: float = 5.0
     # optimisation
-    steps: int = 4000
+    steps: int = 700
     batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 200
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

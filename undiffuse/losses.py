@@ -46,7 +46,7 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, cond: Tensor | None = None, *
     a, s = process.alpha_sigma(t)
     snr = (a / s) ** 2
     residual, weight = _residual_and_weight(denoiser.prediction, pred, x0, noise, a, s, snr,
-                                            weighting, snr_gamma)
+                                            weighting, snr_gamma, denoiser.sigma_data)
     penalty = residual.square() if loss == "l2" else residual.abs()
     out = weight.to(x0.dtype) * penalty.flatten(1).mean(1)
     if denoiser.learn_variance:
@@ -55,7 +55,8 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, cond: Tensor | None = None, *
 
 
 def _residual_and_weight(prediction: str, pred: Prediction, x0: Tensor, noise: Tensor, a: Tensor,
-                         s: Tensor, snr: Tensor, weighting: str, gamma: float) -> tuple[Tensor, Tensor]:
+                         s: Tensor, snr: Tensor, weighting: str, gamma: float,
+                         sigma_data: float = 0.5) -> tuple[Tensor, Tensor]:
     alpha, sigma = bcast(a, x0), bcast(s, x0)
     clipped = snr.clamp(max=gamma) if weighting == "min_snr" else None
     if prediction == "eps":
@@ -69,9 +70,13 @@ def _residual_and_weight(prediction: str, pred: Prediction, x0: Tensor, noise: T
     if weighting == "min_snr":
         raise ValueError("min_snr weighting is not defined for EDM preconditioning; use 'uniform' "
                          "(EDM's own lambda(sigma))")
-    # EDM: lambda(sigma) = 1 / c_out^2 = (s^2 + sd^2) / (s sd)^2 with s = sigma / alpha, sd = 0.5.
-    sig, sd = s / a, 0.5
-    return pred.x0 - x0, (sig**2 + sd**2) / (sig * sd) ** 2
+    # EDM: regress F itself, F_hat - F = (x0_hat - x0) / c_out with c_out = s sd / sqrt(s^2 + sd^2),
+    # s = sigma / alpha and sd the denoiser's sigma_data. For L2 this is the x0-space error weighted
+    # by lambda(sigma) = 1 / c_out^2 (Karras et al. 2022, eq. 8); unlike that weight it also keeps
+    # L1 uniform in F-space.
+    sig = bcast(s / a, x0)
+    c_out = sig * sigma_data / (sig**2 + sigma_data**2).sqrt()
+    return (pred.x0 - x0) / c_out, torch.ones_like(snr)
 
 
 def vlb_term(denoiser: Denoiser, pred: Prediction, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
@@ -88,6 +93,6 @@ def vlb_term(denoiser: Denoiser, pred: Prediction, x0: Tensor, xt: Tensor, t: Te
     true_mean, true_var = process.posterior(x0, xt, t, s)
     kl = normal_kl(true_mean, bcast(torch.log(true_var.clamp_min(1e-20)), x0), mean, log_var)
     nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
-    first = bcast(s == 0, x0)
+    first = bcast(s == 0, x0).bool()  # bcast casts to x0's dtype; torch.where needs a bool mask
     per_dim = torch.where(first, nll, kl)
     return per_dim.flatten(1).mean(1) / torch.log(torch.tensor(2.0))

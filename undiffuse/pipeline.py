@@ -14,6 +14,10 @@ from .guidance import ClassifierFreeGuidance
 from .nets import build_net
 from .processes import from_config
 from .samplers import SAMPLERS, timesteps
+# Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
+# package attribute `undiffuse.train` to that module, which must happen before undiffuse/__init__
+# binds the name to the train() function below, or `undiffuse.train(...)` stops being callable.
+from .train import Trainer
 
 
 @dataclass
@@ -106,8 +110,6 @@ def load(run_dir: str | Path, weights: str = "ema") -> Pipeline:
 def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,
           **overrides) -> Pipeline:
     """Train a model (the MNIST demo preset by default) and return its Pipeline."""
-    from .train import Trainer
-
     cfg = (config or TrainConfig()).updated(**overrides) if overrides else (config or TrainConfig())
     trainer = Trainer(cfg)
     if resume:

@@ -90,7 +90,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         torch.manual_seed(cfg.seed)
-        self.data = data if data is not None else load_dataset(cfg.data, image_size=cfg.image_size)
+        self.data = data if data is not None else load_dataset(
+            cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad_image=cfg.on_bad_image,
+            labels_from_subfolders=cfg.labels_from_subfolders)
         self.denoiser = build_denoiser(cfg, self.data)
         self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr,
@@ -122,7 +124,8 @@ class Trainer:
         if ckpt is None:
             return False
         saved = read_json(self.run_dir / "config.json")["train"]
-        current = asdict(self.cfg)
+        # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists.
+        current = json.loads(json.dumps(asdict(self.cfg)))
         changed = {k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]}
         if changed:
             raise ValueError(f"cannot resume {self.run_dir}: settings differ from the saved run "
@@ -188,7 +191,11 @@ class Trainer:
             if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 self.save()
                 break
-            loss, grad_norm = self.train_step()
+            try:
+                loss, grad_norm = self.train_step()
+            except NonFiniteLossError:
+                bar.close()  # end the progress line, so the error message starts on its own line
+                raise
             window_n += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:

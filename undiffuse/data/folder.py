@@ -120,7 +120,7 @@ def _read_all(root: Path, files: list[Path], size: int, channels: int | None, on
         except DECODE_ERRORS as err:
             if on_bad_image == "error":
                 raise DataError(f"cannot read image {path} ({err}); fix or delete it, or pass "
-                                "on_bad_image='skip' to leave unreadable files out") from err
+                                "--on-bad-image skip (on_bad_image='skip' in Python) to leave unreadable files out") from err
             bad.append(str(path.relative_to(root)))
             continue
         arrays.append(pixels)

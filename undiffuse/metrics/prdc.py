@@ -27,6 +27,16 @@ def _as_f64(a: Tensor | np.ndarray) -> Tensor:
     return t
 
 
+def _cdist(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances computed directly, not as ``|a|^2 + |b|^2 - 2 a.b``.
+
+    The matmul form is ~4x faster but rounds ``d(a, b)`` and ``d(b, a)`` differently and turns exact
+    duplicates into ~1e-7 noise. A sample lying exactly on a k-NN sphere (a generated sample that
+    copies a real one, or identical sets) would then fall inside or outside by chance.
+    """
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def knn_radii(feats: Tensor, k: int) -> Tensor:
     """Distance from each row to its k-th nearest neighbour in the same set, the point itself excluded.
 
@@ -36,7 +46,7 @@ def knn_radii(feats: Tensor, k: int) -> Tensor:
     if not 1 <= k < feats.shape[0]:
         raise ValueError(f"need 1 <= k < number of samples ({feats.shape[0]}), got k={k}")
     radii = [
-        torch.cdist(feats[i:i + _CHUNK], feats).topk(k + 1, dim=1, largest=False).values[:, k]
+        _cdist(feats[i:i + _CHUNK], feats).topk(k + 1, dim=1, largest=False).values[:, k]
         for i in range(0, feats.shape[0], _CHUNK)
     ]
     return torch.cat(radii)
@@ -65,7 +75,7 @@ def prdc(real_feats: Tensor | np.ndarray, fake_feats: Tensor | np.ndarray, k: in
     covered = torch.zeros(real.shape[0], dtype=torch.bool)  # real ball i holds some fake
     in_fake = torch.zeros(real.shape[0], dtype=torch.bool)  # real i inside some fake ball
     for j in range(0, fake.shape[0], _CHUNK):
-        d = torch.cdist(fake[j:j + _CHUNK], real)  # (chunk, N)
+        d = _cdist(fake[j:j + _CHUNK], real)  # (chunk, N)
         inside = d <= r_real[None, :]
         in_real[j:j + _CHUNK] = inside.any(dim=1)
         real_hits[j:j + _CHUNK] = inside.sum(dim=1).double()

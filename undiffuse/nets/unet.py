@@ -220,4 +220,7 @@ UNET_PRESETS: dict[str, dict] = {
     # A first guess for the MNIST demo (images padded to 32x32).
     "mnist-small": dict(in_channels=1, image_size=32, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(16,), dropout=0.0),
+    # The CPU demo: width where compute is cheap (8x8), attention only there (docs/mnist_recipe.md).
+    "mnist-demo": dict(in_channels=1, image_size=32, channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+                       attn_resolutions=(8,), dropout=0.0),
 }
