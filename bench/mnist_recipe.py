@@ -4,6 +4,7 @@ same wall-clock budget, then measure its samples with the MNIST feature network:
 * FID-style distance (feature-net Fréchet distance) to held-out real digits, beside the real-data floor;
 * class accuracy: how often the feature classifier reads the digit that was asked for.
 
+    python bench/mnist_recipe.py --train-steps 500 --candidates base,v-minsnr
     python bench/mnist_recipe.py --minutes 3 --candidates base,v,x0,minsnr
 
 Results are recorded in docs/mnist_recipe.md.
@@ -41,7 +42,8 @@ CANDIDATES = {
 def evaluate(pipe, feat_net, real_feats, n: int, guidance: float, steps: int) -> dict:
     labels = torch.arange(n) % 10
     t0 = time.perf_counter()
-    x = pipe.sample(n, sampler="ddim", steps=steps, seed=1, class_labels=labels, guidance=guidance)
+    x = pipe.sample(n, sampler="ddim", steps=steps, seed=1, class_labels=labels, guidance=guidance,
+                    bf16=True)
     dt = time.perf_counter() - t0
     acc = (predict_labels(feat_net, x) == labels).float().mean().item()
     fid = fid_from_features(extract_features(feat_net, x), real_feats)
@@ -53,7 +55,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None, help="training budget per candidate")
     ap.add_argument("--train-steps", type=int, default=None, help="or: fixed steps per candidate")
     ap.add_argument("--candidates", default="base,v,x0,minsnr")
-    ap.add_argument("--n", type=int, default=500, help="samples per evaluation")
+    ap.add_argument("--n", type=int, default=300, help="samples per evaluation")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--guidance", default="1,2", help="CFG scales to evaluate")
     ap.add_argument("--out", default="runs/recipe")

@@ -88,7 +88,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     modes = args.modes.split(",")
-    print(f"| model | params (M) | " + " | ".join(f"{m} img/s" for m in modes) + " |")
+    print("| model | params (M) | " + " | ".join(f"{m} img/s" for m in modes) + " |")
     print("|---|---|" + "---|" * len(modes))
     for name, kind, model in models:
         rates = [measure(model, kind, args.batch, "bf16" in m, "+cl" in m, args.repeats) for m in modes]

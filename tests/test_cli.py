@@ -14,21 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from undiffuse.cli import main
 
 TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

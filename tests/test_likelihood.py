@@ -21,15 +21,6 @@ STDS = [[0.3, 0.5], [0.5, 0.4], [0.4, 0.4]]
 WEIGHTS = [0.5, 0.3, 0.2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Thousands of tiny ops on a shared 2-core box: one thread is faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -15,14 +15,6 @@ from undiffuse import Pipeline, TrainConfig
 from undiffuse.pipeline import SampleResult
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits_pipe(tmp_path_factory) -> Pipeline:
     out = tmp_path_factory.mktemp("digits")

@@ -17,7 +17,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from undiffuse.denoiser import Prediction
-from undiffuse.processes import DDPM, EDM, VE, VP, karras_sigmas
+from undiffuse.processes import DDPM, EDM, VE, VP
 from undiffuse.samplers import check_ts, ddim, ddpm, reverse_step, timesteps
 from undiffuse.testing import GaussianMixture, OracleDenoiser
 
@@ -28,15 +28,6 @@ MU = np.array([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]])
 SD = np.array([0.3, 0.6, 0.45])
 W = np.array([0.5, 0.3, 0.2])
 M = 4000  # samples per distribution test
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Thousands of tiny ops: one thread is several times faster than two on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,6 @@ from undiffuse.train import NonFiniteLossError, Trainer, batch_indices, ema_upda
 MLP = {"type": "mlp", "hidden": 64, "num_blocks": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits(n: int = 128) -> TensorData:
     """A stratified subset of the 8x8 digits: the cheapest labelled image data."""
     return load_dataset("digits", n=n, seed=0)
@@ -54,9 +46,11 @@ def image_cfg(out: Path, **changes) -> TrainConfig:
 
 
 def toy_cfg(out: Path, **changes) -> TrainConfig:
+    # eps-prediction, uniform weighting, constant lr: the settings the bounds below were measured with.
     cfg = TrainConfig(data="toy2d:8gaussians", net=dict(MLP), process="ddpm:linear:1000", bf16=False,
                       class_conditional=False, batch_size=256, lr=2e-3, warmup_steps=5, out=str(out),
-                      sample_every=0, num_samples=64, sample_steps=4)
+                      sample_every=0, num_samples=64, sample_steps=4, prediction="eps",
+                      weighting="uniform", lr_schedule="constant")
     return cfg.updated(**changes)
 
 
