@@ -68,3 +68,22 @@ def test_table_lists_floors():
               "classes": {"num_present": 10, "kl": 0.01}, "sampling_images_per_s": 100.0}
     table = format_table(result)
     assert "| FID (feature net) | 1 | 0.5 |" in table
+
+
+def test_standard_fid_without_torchmetrics_is_a_clear_error(monkeypatch):
+    """The standard Inception FID is optional: without its package or weights it says what to install."""
+    import builtins
+
+    from undiffuse.metrics import UnavailableError, standard_fid
+
+    real_import = builtins.__import__
+
+    def no_torchmetrics(name, *args, **kwargs):
+        if name.startswith("torchmetrics"):
+            raise ImportError("No module named 'torchmetrics'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchmetrics)
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(UnavailableError, match="pip install torchmetrics torch-fidelity"):
+        standard_fid(x, x)

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import PRESETS, TrainConfig, preset
+from .metrics.inception import UnavailableError
 
 # Help for each TrainConfig field exposed as a flag (the field name with dashes).
 TRAIN_FLAGS: dict[str, str] = {
@@ -102,6 +103,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--nll-steps", type=int, default=100,
                    help="DDPM steps evaluated for the bound (log-spaced groups, unbiased estimate)")
     p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (about 2x faster here)")
+    p.add_argument("--standard-fid", action="store_true",
+                   help="also the standard Inception FID via torchmetrics (needs its cached weights)")
+    p.add_argument("--inception-weights", default=None,
+                   help="path to the FID Inception weights for --standard-fid")
 
 
 def cmd_eval(args) -> int:
@@ -109,7 +114,8 @@ def cmd_eval(args) -> int:
 
     result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                       spacing=args.spacing, guidance=args.guidance, seed=args.seed,
-                      nll_images=args.nll_images, nll_steps=args.nll_steps, bf16=args.bf16)
+                      nll_images=args.nll_images, nll_steps=args.nll_steps, bf16=args.bf16,
+                      standard_fid=args.standard_fid, inception_weights=args.inception_weights)
     print(format_table(result))
     print(f"written: {Path(args.run) / 'eval.json'}")
     for name, path in result.get("plots", {}).items():
@@ -203,6 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,7 +66,8 @@ def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, datase
 
 def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps: int = 50,
              spacing: str = "trailing", guidance: float = 1.0, seed: int = 0, nll_images: int = 100,
-             nll_steps: int = 100, bf16: bool = False, plots: bool = True) -> dict:
+             nll_steps: int = 100, bf16: bool = False, plots: bool = True,
+             standard_fid: bool = False, inception_weights: str | None = None) -> dict:
     """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory."""
     from .metrics import vlb_bits_per_dim
 
@@ -78,6 +79,11 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps
     result = {"run": str(run_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
               "guidance": guidance, "bf16": bf16, "sampling_images_per_s": rate}
     result.update(sample_quality(samples, requested, dataset, n, seed))
+    if standard_fid or inception_weights:
+        from .metrics import standard_fid as fid_inception
+
+        real = load_dataset(dataset).split(0.5, seed=seed)[1].x[:n]
+        result["standard_fid"] = fid_inception(samples, real, inception_weights)
     if cfg["process"]["type"] == "ddpm" and nll_images > 0:
         real = _real_8bit(dataset, seed, nll_images)
         gen = torch.Generator().manual_seed(seed)
@@ -127,6 +133,8 @@ def format_table(result: dict) -> str:
             ("coverage", result["coverage"], result["coverage_floor"]),
             ("classes present", result["classes"]["num_present"], None),
             ("class KL (nats)", result["classes"]["kl"], None)]
+    if "standard_fid" in result:
+        rows.insert(0, ("standard FID (Inception, torchmetrics)", result["standard_fid"], None))
     if "class_accuracy" in result:
         rows.append(("class accuracy (requested digit)", result["class_accuracy"], None))
     if "bits_per_dim_vlb" in result:

@@ -186,7 +186,7 @@ class Trainer:
         start_step, t0 = self.step, time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        window_t, window_n = time.perf_counter(), 0
+        window_t, window = time.perf_counter(), []
         while self.step < cfg.steps:
             if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 self.save()
@@ -196,24 +196,27 @@ class Trainer:
             except NonFiniteLossError:
                 bar.close()  # end the progress line, so the error message starts on its own line
                 raise
-            window_n += 1
+            window.append(loss)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 now = time.perf_counter()
-                rate = window_n * cfg.batch_size / (now - window_t)
+                rate = len(window) * cfg.batch_size / (now - window_t)
+                loss = sum(window) / len(window)  # the mean since the last record, less noisy
                 record = {"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
                           "grad_norm": grad_norm, "images_per_s": rate,
                           "elapsed_s": now - t0}
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-                window_t, window_n = now, 0
+                window_t, window = now, []
                 if on_log is not None:
                     on_log(self, record)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+                paused = time.perf_counter()
                 self.write_samples(f"step-{self.step:08d}")
+                window_t += time.perf_counter() - paused  # images/s counts training time only
         bar.close()
         if self.step == start_step:
             self.save()

@@ -71,9 +71,12 @@ def save_trajectory(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], path: str 
     return _save_image(np.asarray(canvas), path)
 
 
-def plot_loss_curve(log: str | Path | Sequence[dict[str, Any]], path: str | Path, ema: float = 0.98,
+def plot_loss_curve(log: str | Path | Sequence[dict[str, Any]], path: str | Path, ema: float | None = None,
                     title: str | None = None) -> Path:
     """Plot training loss against step, raw and EMA-smoothed (bias-corrected), on a log y axis.
+
+    ``ema`` defaults to a window of about a tenth of the logged points (at most 0.98), so the
+    smoothed curve follows the loss whether the log holds 40 points or 40,000.
 
     ``log`` is a JSON-lines file or a list of dicts; records without both 'step' and 'loss' (evaluation
     lines, say) are ignored.
@@ -83,9 +86,11 @@ def plot_loss_curve(log: str | Path | Sequence[dict[str, Any]], path: str | Path
     if not points:
         raise ValueError(f"no records with both 'step' and 'loss' in {log if isinstance(log, (str, Path)) else 'log'}")
     steps, losses = map(np.asarray, zip(*points))
+    if ema is None:
+        ema = float(np.clip(1 - 10 / len(points), 0.0, 0.98))
     fig, ax = _figure()
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
-    ax.plot(steps, _ema(losses, ema), color="tab:blue", linewidth=1.8, label=f"EMA ({ema})")
+    ax.plot(steps, _ema(losses, ema), color="tab:blue", linewidth=1.8, label=f"EMA ({ema:.2f})")
     finite = losses[np.isfinite(losses)]
     if finite.size and (finite > 0).all():  # a log axis would silently drop non-positive losses
         ax.set_yscale("log")
