@@ -22,5 +22,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m undiffuse train
 
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) bench/train_throughput.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -82,7 +82,8 @@ def main() -> None:
     torch.manual_seed(0)
     models = [("undiffuse default MNIST U-Net", "undiffuse", undiffuse_net())]
     try:
-        models.append(("diffusers UNet2DModel (matched)", "diffusers", diffusers_net((32, 64, 64), attn_level=1)))
+        # Same widths and resolutions as mnist-demo, attention at 8x8: 2.74M vs 2.86M parameters.
+        models.append(("diffusers UNet2DModel (matched)", "diffusers", diffusers_net((32, 64, 128), attn_level=2)))
     except ImportError:
         print("diffusers not installed: pip install -e '.[bench]' to compare against it")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "

@@ -62,12 +62,13 @@ def test_real_samples_score_like_the_floor(digits_run):  # fixture: temporary fe
 
 
 def test_table_lists_floors():
-    result = {"fid": 1.0, "fid_floor": 0.5, "kid": 0.01, "kid_floor": 0.0, "precision": 0.9,
+    result = {"fid": 1.0, "fid_floor": 0.5, "kid": 0.01, "kid_stderr": 0.002, "kid_floor": 0.0, "precision": 0.9,
               "precision_floor": 0.95, "recall": 0.8, "recall_floor": 0.9, "density": 1.0,
               "density_floor": 1.0, "coverage": 0.9, "coverage_floor": 0.95,
               "classes": {"num_present": 10, "kl": 0.01}, "sampling_images_per_s": 100.0}
     table = format_table(result)
     assert "| FID (feature net) | 1 | 0.5 |" in table
+    assert "| KID (± standard error) | 0.01 ± 0.002 | 0 |" in table
 
 
 def test_standard_fid_without_torchmetrics_is_a_clear_error(monkeypatch):

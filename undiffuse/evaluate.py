@@ -49,7 +49,11 @@ def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, datase
     ref = extract_features(net, real_b.x[:n])
     floor_feats = extract_features(net, real_a.x[:n])
     fake = extract_features(net, samples.clamp(-1, 1))
-    kid_fake, kid_floor = kid(fake, ref, seed=seed), kid(floor_feats, ref, seed=seed)
+    # Subsets of half the set, so the standard error reflects resampling (subsets of the whole
+    # set would all be identical and report a spurious 0).
+    subset = min(1000, n // 2)
+    kid_fake = kid(fake, ref, subset_size=subset, seed=seed)
+    kid_floor = kid(floor_feats, ref, subset_size=subset, seed=seed)
     pred = predict_labels(net, samples.clamp(-1, 1))
     result = {
         "feature_net": {"dataset": dataset, "heldout_accuracy": info["heldout_accuracy"]},
@@ -126,7 +130,8 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, seed: int)
 def format_table(result: dict) -> str:
     """The eval result as a Markdown table: metric, value, real-data floor."""
     rows = [("FID (feature net)", result["fid"], result["fid_floor"]),
-            ("KID", result["kid"], result["kid_floor"]),
+            ("KID (± standard error)", f"{result['kid']:.4g} ± {result['kid_stderr']:.2g}",
+             result["kid_floor"]),
             ("precision", result["precision"], result["precision_floor"]),
             ("recall", result["recall"], result["recall_floor"]),
             ("density", result["density"], result["density_floor"]),
