@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..denoiser import Prediction
 from ..processes.gaussian import GaussianProcess, bcast
-from .base import Callback, DenoiserLike, check_ts, noise_like, report
+from .base import Callback, DenoiserLike, noise_like, run_steps
 
 VARIANCES = ("beta_tilde", "beta", "learned")
 
@@ -54,15 +54,8 @@ def ddpm(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None =
     to ``s = 0`` adds no noise and returns x0_hat, as in the paper (z = 0 at t = 1).
     ``variance``: "beta_tilde" (sigma_t^2 = beta_tilde_t), "beta" (sigma_t^2 = beta_t) or "learned".
     """
-    ts = check_ts(ts)
-    process = denoiser.process
-    for i in range(len(ts) - 1):
-        t, s = ts[i], ts[i + 1]
-        pred = denoiser(x, t, cond)
-        report(callback, i, t, x, pred)
-        if float(s) == 0:
-            x = pred.x0
-            break
-        mean, log_var = reverse_step(process, pred, x, t, s, variance)
-        x = mean + (0.5 * log_var).exp() * noise_like(x, generator)
-    return x
+    def step(x: Tensor, t: Tensor, s: Tensor, pred: Prediction) -> Tensor:
+        mean, log_var = reverse_step(denoiser.process, pred, x, t, s, variance)
+        return mean + (0.5 * log_var).exp() * noise_like(x, generator)
+
+    return run_steps(denoiser, x, ts, cond, callback, step)

@@ -42,3 +42,19 @@ def check_ts(ts: Tensor) -> Tensor:
 def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, pred: Prediction) -> None:
     if callback is not None:
         callback({"i": i, "t": float(t), "x": x, "x0_hat": pred.x0})
+
+
+Step = Callable[[Tensor, Tensor, Tensor, Prediction], Tensor]
+
+
+def run_steps(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond: Tensor | None,
+              callback: Callback | None, step: Step) -> Tensor:
+    """The loop every single-evaluation sampler shares: evaluate the denoiser at ``ts[i]``, report,
+    then ``x = step(x, t, s, pred)`` towards ``s = ts[i + 1]``; the step into s = 0 returns x0_hat."""
+    ts = check_ts(ts)
+    for i in range(len(ts) - 1):
+        t, s = ts[i], ts[i + 1]
+        pred = denoiser(x, t, cond)
+        report(callback, i, t, x, pred)
+        x = pred.x0 if float(s) == 0 else step(x, t, s, pred)
+    return x

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..denoiser import Prediction
 from ..processes.gaussian import bcast
-from .base import Callback, DenoiserLike, check_ts, noise_like, report
+from .base import Callback, DenoiserLike, noise_like, run_steps
 
 
 @torch.no_grad()
@@ -22,20 +23,12 @@ def ddim(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None =
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM needs eta in [0, 1], got {eta}")
-    ts = check_ts(ts)
     process = denoiser.process
-    for i in range(len(ts) - 1):
-        t, s = ts[i], ts[i + 1]
-        pred = denoiser(x, t, cond)
-        report(callback, i, t, x, pred)
-        if float(s) == 0:
-            x = pred.x0
-            break
+
+    def step(x: Tensor, t: Tensor, s: Tensor, pred: Prediction) -> Tensor:
         a_s, sig_s = process.alpha_sigma(s)
-        _, var_ts = process.transition(t, s)
-        _, sig_t = process.alpha_sigma(t)
-        c = eta * (var_ts * sig_s**2 / sig_t**2).sqrt()
-        x = (bcast(a_s, x) * pred.x0 + bcast((sig_s**2 - c**2).clamp_min(0).sqrt(), x) * pred.eps)
-        if eta > 0:
-            x = x + bcast(c, x) * noise_like(x, generator)
-    return x
+        c = eta * process.posterior_variance(t, s).sqrt()
+        x = bcast(a_s, x) * pred.x0 + bcast((sig_s**2 - c**2).clamp_min(0).sqrt(), x) * pred.eps
+        return x + bcast(c, x) * noise_like(x, generator) if eta > 0 else x
+
+    return run_steps(denoiser, x, ts, cond, callback, step)
