@@ -150,18 +150,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _trajectory(pipe, cfg: TrainConfig, path: Path, n: int = 10, class_label=None) -> Path:
-    from .viz import save_trajectory
-
-    labels = class_label if class_label is not None else (
-        None if pipe.num_classes is None else list(range(n)) if n <= pipe.num_classes else None)
-    res = pipe.sample(n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed,
-                      class_labels=labels, guidance=cfg.guidance if labels is not None else 1.0,
-                      trajectory=True)
-    keep = sorted({round(i * (len(res.xs) - 1) / 9) for i in range(10)})
-    save_trajectory([res.xs[i] for i in keep] + [res.x0], [res.x0_hats[i] for i in keep] + [res.x0],
-                    path, ts=[res.ts[i] for i in keep] + [0.0])
-    return path
+def _trajectory(pipe, cfg: TrainConfig, path: Path, class_label=None) -> Path:
+    return pipe.save_trajectory(path, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed,
+                                guidance=cfg.guidance, class_label=class_label)
 
 
 def cmd_sample(args) -> int:

@@ -115,7 +115,8 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, seed: int)
 
     out = run_dir / "eval"
     paths = {"samples": save_grid(samples[:100], out / "samples.png", nrow=pipe.num_classes or None),
-             "loss": plot_loss_curve(run_dir / "log.jsonl", out / "loss.png")}
+             "loss": plot_loss_curve(run_dir / "log.jsonl", out / "loss.png"),
+             "trajectory": pipe.save_trajectory(out / "trajectory.png", seed=seed)}
     if pipe.process.config()["type"] == "ddpm":
         cfg = json.loads((run_dir / "config.json").read_text())
         real = _real_8bit(cfg["train"]["data"], seed, 64)

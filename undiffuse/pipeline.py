@@ -72,6 +72,24 @@ class Pipeline:
             return out
         return SampleResult(out, xs, x0s, ts[:len(xs)].tolist())
 
+    def save_trajectory(self, path: str | Path, n: int = 10, *, columns: int = 10,
+                        class_label: int | None = None, guidance: float = 1.0, **sample_options) -> Path:
+        """The picture that explains diffusion: for n images, x_t and the predicted x0 at
+        ``columns`` evenly spaced steps, ending with the sample (one digit per row for
+        conditional models unless ``class_label`` fixes one)."""
+        from .viz import save_trajectory
+
+        if class_label is not None:
+            labels = class_label
+        else:
+            labels = list(range(n)) if self.num_classes is not None and n <= self.num_classes else None
+        res = self.sample(n, class_labels=labels, guidance=guidance if labels is not None else 1.0,
+                          trajectory=True, **sample_options)
+        keep = sorted({round(i * (len(res.xs) - 1) / (columns - 1)) for i in range(columns)})
+        return save_trajectory([res.xs[i] for i in keep] + [res.x0],
+                               [res.x0_hats[i] for i in keep] + [res.x0], path,
+                               ts=[res.ts[i] for i in keep] + [0.0])
+
     def _labels(self, labels, n: int) -> Tensor | None:
         if labels is None:
             return None if self.num_classes is None else torch.full((n,), self.num_classes)
