@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import write_json
-from .data import load_dataset
+from .data import TensorData, load_dataset
 from .metrics import (class_statistics, extract_features, fid_from_features, get_feature_net, kid,
-                      prdc, predict_labels)
+                      prdc, predict_labels, quantize_8bit, vlb_bits_per_dim)
 from .pipeline import Pipeline, load
+from .processes import DDPM
 
 FEATURE_DATASETS = ("mnist", "digits")
 
@@ -73,43 +74,35 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps
              nll_steps: int = 100, bf16: bool = False, plots: bool = True,
              standard_fid: bool = False, inception_weights: str | None = None) -> dict:
     """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory."""
-    from .metrics import vlb_bits_per_dim
 
     run_dir = Path(run_dir)
     pipe = load(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
-    dataset = cfg["train"]["data"]
+    dataset = json.loads((run_dir / "config.json").read_text())["train"]["data"]
     samples, requested, rate = _sample(pipe, n, sampler, steps, spacing, guidance, seed, bf16)
     result = {"run": str(run_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
               "guidance": guidance, "bf16": bf16, "sampling_images_per_s": rate}
     result.update(sample_quality(samples, requested, dataset, n, seed))
+    held_out = load_dataset(dataset).split(0.5, seed=seed)[1]  # the reference set above
     if standard_fid or inception_weights:
         from .metrics import standard_fid as fid_inception
 
-        real = load_dataset(dataset).split(0.5, seed=seed)[1].x[:n]
-        result["standard_fid"] = fid_inception(samples, real, inception_weights)
-    if cfg["process"]["type"] == "ddpm" and nll_images > 0:
-        real = _real_8bit(dataset, seed, nll_images)
+        result["standard_fid"] = fid_inception(samples, held_out.x[:n], inception_weights)
+    if isinstance(pipe.process, DDPM) and nll_images > 0:
+        real = quantize_8bit(held_out.x[:nll_images])
         gen = torch.Generator().manual_seed(seed)
-        labels = None if pipe.num_classes is None else torch.full((len(real),), pipe.num_classes)
-        vlb = vlb_bits_per_dim(pipe.denoiser, real, cond=labels, steps=nll_steps, generator=gen)
+        vlb = vlb_bits_per_dim(pipe.denoiser, real, cond=pipe.labels_for(None, len(real)),
+                               steps=nll_steps, generator=gen)
         result["bits_per_dim_vlb"] = float(vlb["bpd_mean"])
         result["bits_per_dim_vlb_stderr"] = float(vlb["bpd_stderr"])
     if plots:
-        result["plots"] = {k: str(v) for k, v in write_plots(pipe, run_dir, samples, seed).items()}
+        plots_written = write_plots(pipe, run_dir, samples, held_out, seed)
+        result["plots"] = {k: str(v) for k, v in plots_written.items()}
     write_json(run_dir / "eval.json", result)
     return result
 
 
-def _real_8bit(dataset: str, seed: int, n: int) -> torch.Tensor:
-    """n held-out real images on the 8-bit grid the likelihood bound is defined on (a no-op for
-    MNIST, a rounding for the 17-level sklearn digits)."""
-    from .metrics import quantize_8bit
-
-    return quantize_8bit(load_dataset(dataset).split(0.5, seed=seed)[1].x[:n])
-
-
-def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, seed: int) -> dict[str, Path]:
+def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: TensorData,
+                seed: int) -> dict[str, Path]:
     from .metrics import plot_rate_distortion, rate_distortion
     from .viz import plot_loss_curve, save_grid
 
@@ -117,11 +110,9 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, seed: int)
     paths = {"samples": save_grid(samples[:100], out / "samples.png", nrow=pipe.num_classes or None),
              "loss": plot_loss_curve(run_dir / "log.jsonl", out / "loss.png"),
              "trajectory": pipe.save_trajectory(out / "trajectory.png", seed=seed)}
-    if pipe.process.config()["type"] == "ddpm":
-        cfg = json.loads((run_dir / "config.json").read_text())
-        real = _real_8bit(cfg["train"]["data"], seed, 64)
-        labels = None if pipe.num_classes is None else torch.full((len(real),), pipe.num_classes)
-        rd = rate_distortion(pipe.denoiser, real, cond=labels, steps=100,
+    if isinstance(pipe.process, DDPM):
+        real = quantize_8bit(held_out.x[:64])
+        rd = rate_distortion(pipe.denoiser, real, cond=pipe.labels_for(None, len(real)), steps=100,
                              generator=torch.Generator().manual_seed(seed))
         for i, path in enumerate(plot_rate_distortion(rd, out / "rate_distortion.png")):
             paths[f"rate_distortion_{i}"] = path

@@ -54,7 +54,7 @@ class Pipeline:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         gen = torch.Generator().manual_seed(seed)
         x = self.process.prior((n, *self.shape), gen)
-        cond = self._labels(class_labels, n)
+        cond = self.labels_for(class_labels, n)
         ts = timesteps(self.process, steps, spacing)
         denoiser = self.denoiser
         if guidance != 1.0:
@@ -90,7 +90,8 @@ class Pipeline:
                                [res.x0_hats[i] for i in keep] + [res.x0], path,
                                ts=[res.ts[i] for i in keep] + [0.0])
 
-    def _labels(self, labels, n: int) -> Tensor | None:
+    def labels_for(self, labels, n: int) -> Tensor | None:
+        """Validated (n,) labels; None means the null class for a conditional model."""
         if labels is None:
             return None if self.num_classes is None else torch.full((n,), self.num_classes)
         if self.num_classes is None:
