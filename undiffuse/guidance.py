@@ -43,15 +43,14 @@ class ClassifierFreeGuidance:
         both = self.denoiser(torch.cat([xt, xt]), torch.cat([t_b, t_b]), torch.cat([cond, null]))
         x0_c, x0_u = both.x0[:b], both.x0[b:]
         x0 = x0_u + self.scale * (x0_c - x0_u)
+        a, s = self.process.alpha_sigma(t_b)
         if self.rescale > 0:
             dims = tuple(range(1, xt.ndim))
             ratio = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-8)
             x0 = self.rescale * (x0 * ratio) + (1 - self.rescale) * x0
         if self.interval is not None:
-            a, s = self.process.alpha_sigma(t_b)
             level = s / a
             inside = (level >= self.interval[0]) & (level <= self.interval[1])
-            x0 = torch.where(bcast(inside, xt), x0, x0_c)
-        a, s = self.process.alpha_sigma(t_b)
+            x0 = torch.where(bcast(inside, xt).bool(), x0, x0_c)  # bcast casts to x.dtype
         eps = (xt - bcast(a, xt) * x0) / bcast(s, xt)
         return Prediction(x0, eps)
