@@ -1,6 +1,13 @@
 """Shared test settings."""
-import pytest
-import torch
+import os
+
+# The suite checks CPU behaviour (bitwise resume, one-thread timings): keep CUDA out of it, or
+# device="auto" trains on a GPU where there is one. UNDIFFUSE_TEST_CUDA=1 lets it in.
+if os.environ.get("UNDIFFUSE_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")

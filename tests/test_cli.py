@@ -109,10 +109,27 @@ def test_sample_with_ddpm_and_a_class(cli_run, tmp_path):
 
 
 def test_unknown_sampler_is_a_clear_error(cli_run, tmp_path):
-    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--sampler", "euler",
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--sampler", "eulerr",
                      "--out", "x.png", cwd=tmp_path)
-    assert_clean_error(result.returncode, result.stderr, "unknown sampler 'euler'", "ddim", "ddpm")
+    assert_clean_error(result.returncode, result.stderr, "unknown sampler 'eulerr'", "ddim", "dpmpp_2m")
     assert not (tmp_path / "x.png").exists()
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--sampler", "heun",
+                     "--option", "snr=0.1", "--out", "x.png", cwd=tmp_path)
+    assert_clean_error(result.returncode, result.stderr, "heun has no option snr", "s_churn")
+
+
+def test_samplers_listing_and_every_sampler_from_the_cli(cli_run, tmp_path):
+    from undiffuse.samplers import SAMPLERS
+
+    listing = run_cli("samplers", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert set(rows) == set(SAMPLERS)
+    assert "2 N - 1" in rows["heun"] and "Algorithm 1" in rows["heun"] and " 3 " in rows["dpmpp_3m"]
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "4", "--sampler", "heun_sde",
+                     "--schedule", "logsnr", "--option", "s_churn=10", "--out", "h.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_png(tmp_path / "h.png")
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
@@ -163,7 +180,7 @@ def test_diverging_training_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needles", [
     (["--class", "12"], ["class labels must be", "0..9"]),
-    (["--sampler", "ddpm", "--eta", "0.5"], ["--eta", "ddim"]),
+    (["--sampler", "ddpm", "--eta", "0.5"], ["ddpm has no option eta", "variance"]),
     (["--eta", "2"], ["eta in [0, 1]"]),
     (["--steps", "0"], ["steps must be >= 1"]),
     (["--spacing", "cubic"], ["unknown spacing 'cubic'"]),

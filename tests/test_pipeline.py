@@ -120,8 +120,12 @@ def test_trajectory_has_one_entry_per_step(digits_pipe, sampler, steps):
 
 
 def test_bad_sampler_and_steps_are_refused(digits_pipe):
-    with pytest.raises(ValueError, match=r"unknown sampler 'heun'; choose one of \['ddim', 'ddpm'\]"):
-        digits_pipe.sample(2, sampler="heun")
+    with pytest.raises(ValueError, match=r"unknown sampler 'hoen'; choose one of \['ddim', 'ddpm', "):
+        digits_pipe.sample(2, sampler="hoen")
+    with pytest.raises(ValueError, match="dpmpp_2m has no option eta"):
+        digits_pipe.sample(2, sampler="dpmpp_2m", eta=0.5)
+    with pytest.raises(FileNotFoundError, match="classifier guidance needs a classifier in"):
+        digits_pipe.sample(2, class_labels=3, classifier_scale=1.0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         digits_pipe.sample(2, steps=0)
     with pytest.raises(ValueError, match="only 1000"):

@@ -14,44 +14,25 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 from undiffuse.denoiser import Prediction
 from undiffuse.processes import DDPM, EDM, VE, VP
 from undiffuse.samplers import check_ts, ddim, ddpm, reverse_step, timesteps
 from undiffuse.testing import GaussianMixture, OracleDenoiser
 
-F64 = torch.float64
-Z = 5.0
+from helpers_mixture import F64, MU, SD, W, Z, gen, log_sigma_levels, mixture, reference_stats, solve_pf_ode
 
-MU = np.array([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]])
-SD = np.array([0.3, 0.6, 0.45])
-W = np.array([0.5, 0.3, 0.2])
 M = 4000  # samples per distribution test
 
 
 @pytest.fixture(scope="module")
 def gmm():
-    return GaussianMixture(torch.tensor(MU), torch.tensor(SD), torch.tensor(W))
+    return mixture()
 
 
 @pytest.fixture(scope="module")
 def reference(gmm):
-    """E_p[log p] and the mass of each argmax-responsibility region, by the midpoint rule on a
-    2-D grid (h = 0.02 is ~15 points per smallest std; the tails beyond +-8 are negligible)."""
-    h = 0.02
-    g = torch.arange(-8, 8, h, dtype=F64) + h / 2
-    pts = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    logp = gmm.log_prob(pts)
-    w = logp.exp() * h * h
-    assert float(w.sum()) == pytest.approx(1.0, abs=1e-9)
-    region = gmm.responsibilities(pts).argmax(1)
-    mass = torch.stack([w[region == k].sum() for k in range(3)])
-    return float((w * logp).sum()), mass
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
+    return reference_stats(gmm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,29 +103,10 @@ def test_ddim_eta1_is_ancestral_beta_tilde(gmm, process):
 # DDIM = Euler on the probability-flow ODE: determinism and first-order convergence
 # --------------------------------------------------------------------------------------------
 
-def eps_hat_scaled(x_scaled: np.ndarray, s: float) -> np.ndarray:
-    """E[eps | x~] for x~ = x0 + s eps with x0 ~ the mixture: written out in numpy, independent of
-    undiffuse.testing (the PF-ODE in these variables is dx~/ds = eps_hat, Karras et al. 2022)."""
-    var = SD[None, :, None] ** 2 + s**2                       # (1, K, 1)
-    d = x_scaled[:, None, :] - MU[None]                       # (B, K, D)
-    log_r = np.log(W)[None] - 0.5 * (d**2 / var + np.log(2 * np.pi * var)).sum(-1)
-    log_r -= log_r.max(1, keepdims=True)
-    r = np.exp(log_r)
-    r /= r.sum(1, keepdims=True)
-    x0 = (r[..., None] * (MU[None] + SD[None, :, None] ** 2 / var * d)).sum(1)
-    return (x_scaled - x0) / s
-
-
 def _levels(process, n, t_end, grid):
     if grid == "uniform-t":
         return torch.linspace(1, t_end, n + 1, dtype=F64)
-    # uniform in log(sigma / alpha), mapped back to t
-    a1, s1 = process.alpha_sigma(torch.tensor(1.0, dtype=F64))
-    ae, se = process.alpha_sigma(torch.tensor(t_end, dtype=F64))
-    log_s = torch.linspace(math.log(float(s1 / a1)), math.log(float(se / ae)), n + 1, dtype=F64)
-    ts = process.t_from_sigma(log_s.exp())
-    ts[0], ts[-1] = 1.0, t_end
-    return ts
+    return log_sigma_levels(process, n, t_end)
 
 
 CONV_CASES = [("edm-uniform-t(karras)", EDM(), 0.1, "uniform-t"),
@@ -161,10 +123,7 @@ def test_ddim_first_order_convergence_to_pf_ode(gmm, case):
     x = process.prior((b, 2), gen(3), dtype=F64)
     a1, s1 = (float(v) for v in process.alpha_sigma(torch.tensor(1.0, dtype=F64)))
     ae, se = (float(v) for v in process.alpha_sigma(torch.tensor(t_end, dtype=F64)))
-    sol = solve_ivp(lambda s, y: eps_hat_scaled(y.reshape(b, 2), s).ravel(), (s1 / a1, se / ae),
-                    (x / a1).numpy().ravel(), method="DOP853", rtol=1e-10, atol=1e-10)
-    assert sol.success
-    ref = sol.y[:, -1].reshape(b, 2)
+    ref = solve_pf_ode((x / a1).numpy(), s1 / a1, se / ae)
     oracle = OracleDenoiser(gmm, process)
     steps = [10, 20, 40, 80]
     errors = []
@@ -264,20 +223,25 @@ def test_continuous_spacings_formulas():
                                torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=F64))
     torch.testing.assert_close(timesteps(p, 3, "linspace"),
                                torch.tensor([1.0, (1 + p.t_min) / 2, p.t_min, 0.0], dtype=F64))
-    # karras: sigma/alpha at the levels is the rho = 7 ladder between the process's extremes
-    for proc in (EDM(), VP("linear"), VE()):
-        ts = timesteps(proc, 12, "karras")
-        a, s = proc.alpha_sigma(ts[:-1])
-        n, lo, hi = 12, proc.sigma_min(), proc.sigma_max()
-        want = [(hi ** (1 / 7) + i / (n - 1) * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7 for i in range(n)]
-        np.testing.assert_allclose((s / a).numpy(), want, rtol=1e-7)
-    # logsnr: evenly spaced in lambda from lambda(1) to lambda(t_min)
-    ts = timesteps(p, 9, "logsnr")
-    lam = p.log_snr(ts[:-1])
-    torch.testing.assert_close(lam.diff(), torch.full((8,), float(lam[1] - lam[0]), dtype=F64),
-                               rtol=1e-7, atol=1e-7)
-    assert float(lam[0]) == pytest.approx(float(p.log_snr(torch.tensor(1.0, dtype=F64))), abs=1e-6)
-    assert float(ts[-2]) == pytest.approx(p.t_min, rel=1e-7)
+    # karras: sigma/alpha at the levels is the rho = 7 ladder from min(s(1), 80) (or s(1) with
+    # sigma_max=None) to the smallest trained level; VP-linear reaches s(1) = 152, EDM 80, VE 50
+    for proc in (EDM(), VP("linear"), VE(), DDPM(1000, "cosine")):
+        for cap in (80.0, None):
+            ts = timesteps(proc, 12, "karras", sigma_max=cap)
+            a, s = proc.alpha_sigma(ts[:-1])
+            n, lo = 12, proc.sigma_min()
+            hi = proc.sigma_max() if cap is None else min(cap, proc.sigma_max())
+            want = [(hi ** (1 / 7) + i / (n - 1) * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7 for i in range(n)]
+            np.testing.assert_allclose((s / a).numpy(), want, rtol=1e-7)
+            assert (float(ts[0]) == 1.0) == (hi == proc.sigma_max())
+    # logsnr: evenly spaced in lambda from lambda at s = min(s(1), 80) to lambda(t_min)
+    for cap, lam_top in ((None, float(p.log_snr(torch.tensor(1.0, dtype=F64)))), (80.0, -2 * math.log(80))):
+        ts = timesteps(p, 9, "logsnr", sigma_max=cap)
+        lam = p.log_snr(ts[:-1])
+        torch.testing.assert_close(lam.diff(), torch.full((8,), float(lam[1] - lam[0]), dtype=F64),
+                                   rtol=1e-7, atol=1e-7)
+        assert float(lam[0]) == pytest.approx(lam_top, abs=1e-6)
+        assert float(ts[-2]) == pytest.approx(p.t_min, rel=1e-7)
 
 
 def test_user_levels_and_bad_inputs():

@@ -10,6 +10,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from .classifier import add_cli as add_classifier_cli
+from .classifier import cmd_train_classifier
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
 
@@ -27,7 +29,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "weighting": "uniform or min_snr (Hang et al. 2023)",
     "snr_gamma": "gamma of min-SNR weighting",
     "steps": "number of optimisation steps",
-    "batch_size": "images per step",
+    "batch_size": "images per step (under torchrun: the global batch, split over the processes)",
     "lr": "peak learning rate (AdamW)",
     "lr_schedule": "constant or cosine (after warm-up)",
     "warmup_steps": "linear learning-rate warm-up steps",
@@ -35,13 +37,15 @@ TRAIN_FLAGS: dict[str, str] = {
     "grad_clip": "clip the gradient norm to this value",
     "ema_decay": "EMA decay of the weights used for sampling",
     "seed": "seed for initialisation, batches, noise and samples",
+    "device": "auto (CUDA when available, else CPU), cpu or cuda; under torchrun each process "
+              "takes the GPU of its LOCAL_RANK",
     "max_minutes": "stop training early after this many minutes (a checkpoint is written)",
     "out": "run directory (config, checkpoints, log, samples)",
     "log_every": "log every N steps",
     "checkpoint_every": "write a checkpoint every N steps",
     "sample_every": "write a sample grid every N steps (0: only at the end)",
     "num_samples": "images in each sample grid",
-    "sampler": "sampler for the grids: ddpm or ddim",
+    "sampler": "sampler for the grids (`undiffuse samplers` lists them)",
     "sample_steps": "sampler steps for the grids",
     "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
 }
@@ -70,22 +74,78 @@ def _add_train(sub) -> None:
 
 
 def _add_sample(sub) -> None:
+    from .samplers import SAMPLERS
+
     p = sub.add_parser("sample", help="draw samples from a trained run",
-                       description="Draw samples from a run directory's EMA weights.")
+                       description="Draw samples from a run directory's EMA weights. "
+                                   "`undiffuse samplers` lists the samplers.")
     p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
-    p.add_argument("--sampler", default="ddim", help="ddpm or ddim")
-    p.add_argument("--steps", type=int, default=50, help="number of sampler steps (network evaluations)")
-    p.add_argument("--spacing", default="trailing", help="trailing, linspace, leading, karras, logsnr")
-    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--sampler", default="ddim", metavar="NAME",
+                   help="sampler (default ddim): " + ", ".join(sorted(SAMPLERS)))
+    p.add_argument("--steps", type=int, default=50, help="number of sampler steps")
+    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
+                   help="step schedule: trailing, linspace, leading, karras, logsnr "
+                        "(default: the sampler's own, see `undiffuse samplers`)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="stochasticity of ddim, euler_ancestral and the *_sde samplers")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sampler option, e.g. s_churn=40 (heun), snr=0.16 (pc), "
+                        "variance=beta (ddpm); repeatable")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed: fixes every sample")
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="class to generate (conditional models); default: one column per class")
     p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale w (1: plain conditional; > 1: stronger)")
+                   help="classifier-free guidance scale w (1: plain conditional; > 1: stronger; 0: unconditional)")
+    p.add_argument("--classifier-scale", type=float, default=0.0,
+                   help="classifier guidance scale with the run's noisy classifier (`undiffuse train-classifier`)")
     p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
     p.add_argument("--out", default="samples.png", help="where to write the grid (PNG)")
     p.add_argument("--trajectory", default=None, help="also write x_t and predicted x0 along the way")
+
+
+def _add_samplers(sub) -> None:
+    sub.add_parser("samplers", help="list the samplers: order, stochastic or not, cost, paper",
+                   description="Every sampler `undiffuse sample --sampler NAME` accepts.")
+
+
+def cmd_samplers(args) -> int:
+    import inspect
+
+    from .samplers import SAMPLERS
+
+    print(f"{'name':16s} {'order':>5s}  {'noise':5s}  {'NFE for N steps':15s}  {'schedule':8s}  paper; options")
+    for name, info in SAMPLERS.items():
+        cost = "adaptive" if info.nfe is None else _nfe_formula(info)
+        options = [k for k, v in inspect.signature(info.fn).parameters.items()
+                   if v.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("cond", "generator", "callback")]
+        fixed = ", ".join(f"{k}={v}" for k, v in info.options.items())
+        print(f"{name:16s} {info.order or '-':>5}  {'yes' if info.stochastic else 'no':5s}  {cost:15s}  "
+              f"{info.spacing:8s}  {info.paper}; options: {', '.join(options) or '-'}"
+              + (f" (registered with {fixed})" if fixed else ""))
+    return 0
+
+
+def _nfe_formula(info) -> str:
+    a, b = info.nfe(1, info.options), info.nfe(2, info.options)
+    slope, offset = b - a, a - (b - a)
+    return f"{slope} N" + (f" + {offset}" if offset > 0 else f" - {-offset}" if offset < 0 else "")
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    opts = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option needs KEY=VALUE, got {pair!r}")
+        try:
+            opts[key] = int(value)
+        except ValueError:
+            try:
+                opts[key] = float(value)
+            except ValueError:
+                opts[key] = value
+    return opts
 
 
 def _add_eval(sub) -> None:
@@ -94,9 +154,10 @@ def _add_eval(sub) -> None:
                                    "space, beside the real-data floor; write eval.json and plots.")
     p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
     p.add_argument("--n", type=int, default=2000, help="number of generated samples")
-    p.add_argument("--sampler", default="ddim", help="ddpm or ddim")
+    p.add_argument("--sampler", default="ddim", help="sampler (`undiffuse samplers` lists them)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--spacing", default="trailing", help="step spacing")
+    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
+                   help="step schedule (default: the sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
@@ -128,18 +189,25 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in vars(args).items()
                  if k in TRAIN_FLAGS or k in BOOL_FLAGS if v is not None}
     cfg = cfg.updated(**overrides)
+    from . import distributed
     from .train import NonFiniteLossError, Trainer
     from .viz import plot_loss_curve
 
     t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    if args.resume and trainer.resume():
-        print(f"resumed {cfg.out} at step {trainer.step}")
-    try:
-        trainer.fit()
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # Under torchrun this is one of several DDP processes; rank 0 alone prints and draws.
+    with distributed.process_group(cfg.device):
+        main_rank = distributed.is_main()
+        trainer = Trainer(cfg)
+        if args.resume and trainer.resume() and main_rank:
+            print(f"resumed {cfg.out} at step {trainer.step}")
+        try:
+            trainer.fit()
+        except NonFiniteLossError as e:
+            if main_rank:
+                print(f"error: {e}", file=sys.stderr)
+            return 2
+    if not main_rank:
+        return 0
     out = Path(cfg.out)
     pictures = [out / "samples" / "final.png", plot_loss_curve(out / "log.jsonl", out / "samples" / "loss.png")]
     if trainer.data.x.ndim == 4:
@@ -161,15 +229,12 @@ def cmd_sample(args) -> int:
     from .pipeline import load
     from .viz import plot_points, save_grid
 
-    if args.eta is not None and args.sampler == "ddpm":
-        raise ValueError("--eta is an option of the ddim sampler; drop it for --sampler ddpm "
-                         "(ancestral sampling is already stochastic) or use --sampler ddim")
     pipe = load(args.run)
     points = len(pipe.shape) == 1  # a 2-D toy run: draw a scatter, not an image grid
     if points and args.trajectory:
         raise ValueError(f"--trajectory draws images, but {args.run} is a run on "
                          f"{pipe.shape[0]}-D points; drop --trajectory")
-    opts = {} if args.eta is None else {"eta": args.eta}
+    opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
     if args.class_label is not None:
         labels = args.class_label
     elif pipe.num_classes is not None:
@@ -178,8 +243,8 @@ def cmd_sample(args) -> int:
         labels = None
     t0 = time.perf_counter()
     x = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
-                    seed=args.seed, class_labels=labels, guidance=args.guidance, bf16=args.bf16,
-                    **opts)
+                    seed=args.seed, class_labels=labels, guidance=args.guidance,
+                    classifier_scale=args.classifier_scale, bf16=args.bf16, **opts)
     dt = time.perf_counter() - t0
     nrow = pipe.num_classes if (labels is not None and args.class_label is None) else None
     path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
@@ -197,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_samplers(sub)
+    add_classifier_cli(sub)
     args = parser.parse_args(argv)
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "samplers": cmd_samplers,
+                "train-classifier": cmd_train_classifier}
     try:
-        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, UnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from .denoiser import PARAMETERIZATIONS
+from .distributed import DEVICES
 from .losses import LOSSES, WEIGHTINGS
 
 
@@ -40,6 +41,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     bf16: bool = True
     channels_last: bool = False  # measured slower here in bf16 (docs/mnist_recipe.md)
+    # "auto": CUDA when available, else the CPU; or "cpu" / "cuda". Under torchrun each process
+    # takes LOCAL_RANK's GPU. Not part of the maths: a run may resume on another device.
+    device: str = "auto"
     seed: int = 0
     max_minutes: float | None = None  # stop early (with a checkpoint) after this much training time
     # outputs
@@ -60,6 +64,7 @@ class TrainConfig:
             (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.label_dropout < 1, "label_dropout must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),

@@ -23,7 +23,7 @@ from .processes import DDPM
 FEATURE_DATASETS = ("mnist", "digits")
 
 
-def _sample(pipe: Pipeline, n: int, sampler: str, steps: int, spacing: str, guidance: float,
+def _sample(pipe: Pipeline, n: int, sampler: str, steps: int, spacing: str | None, guidance: float,
             seed: int, bf16: bool, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """n samples (balanced classes for conditional models) and the images/s it took."""
     labels = None if pipe.num_classes is None else torch.arange(n) % pipe.num_classes
@@ -70,7 +70,7 @@ def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, datase
 
 
 def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps: int = 50,
-             spacing: str = "trailing", guidance: float = 1.0, seed: int = 0, nll_images: int = 100,
+             spacing: str | None = None, guidance: float = 1.0, seed: int = 0, nll_images: int = 100,
              nll_steps: int = 100, bf16: bool = False, plots: bool = True,
              standard_fid: bool = False, inception_weights: str | None = None) -> dict:
     """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory."""

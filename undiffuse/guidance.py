@@ -31,6 +31,8 @@ class ClassifierFreeGuidance:
         self.denoiser, self.scale, self.null_cond = denoiser, float(scale), null_cond
         self.rescale, self.interval = float(rescale), interval
         self.process = denoiser.process
+        # The wrapped model's clamp, for wrappers stacked on this one (ClassifierGuidance re-clamps).
+        self.clip_x0 = getattr(denoiser, "clip_x0", None)
 
     def __call__(self, xt: Tensor, t: Tensor, cond: Tensor | None = None) -> Prediction:
         if cond is None:
@@ -54,3 +56,75 @@ class ClassifierFreeGuidance:
             x0 = torch.where(bcast(inside, xt).bool(), x0, x0_c)  # bcast casts to x.dtype
         eps = (xt - bcast(a, xt) * x0) / bcast(s, xt)
         return Prediction(x0, eps)
+
+
+class ClassifierGuidance:
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 and eq. 14) as a denoiser wrapper:
+
+        eps' = eps - scale * sigma(t) * grad_{x_t} log p_phi(y | x_t, t),   x0' = (x_t - sigma eps') / alpha,
+
+    i.e. in the score view score' = score + scale * grad log p(y | x_t), since score = -eps / sigma.
+    With the exact classifier and scale 1 this is Bayes' rule, grad log p(x|y) = grad log p(x) +
+    grad log p(y|x): the unconditional model becomes the conditional one. The same shifted eps
+    drives ancestral (DDPM) sampling too; any learned variance output is passed through unchanged
+    (Algorithm 1 shifts only the mean).
+
+    Unlike ADM's ``condition_score``, x0' is clipped again when the wrapped denoiser clips (and eps made
+    consistent, as ``Denoiser`` does). The shift x0' - x0 = s sigma^2 / alpha * grad is divided by
+    alpha, which is 4.9e-5 at t = 1 of the cosine DDPM where "trailing" sampling starts (ADM's respaced
+    DDIM never visits t = T). The exact classifier's gradient is O(alpha) there, but a learned one's
+    is not: on the MNIST demo one unclipped first step sends x0' to +-400 and ruins every sample.
+
+    The gradient is taken under ``torch.enable_grad()`` on a detached copy of x_t, so it works when
+    the sampler runs under ``torch.no_grad()`` (all of them do), but not under
+    ``torch.inference_mode()``, which cannot record a graph: that raises a RuntimeError. The classifier
+    must treat batch samples independently (eval mode, no BatchNorm statistics), because one backward
+    pass of the summed log-probabilities gives every sample's gradient.
+
+    Args:
+        denoiser: any denoiser (a ``Denoiser``, the oracle, a ``ClassifierFreeGuidance``, ...).
+        classifier: anything with ``log_prob(xt, t, y) -> (B,)``: ``undiffuse.classifier.TimeClassifier``
+            or ``undiffuse.testing.oracle.OracleClassifier``.
+        scale: the guidance scale s; 0 is the wrapped denoiser, 1 the Bayes posterior.
+        pass_cond: False (default): call the wrapped denoiser with ``cond=None`` (an unconditional
+            model, or the null class of a label-dropout model); True: pass it the labels too (a
+            conditional model, as ADM combines both, or a classifier-free-guided one).
+        clip_x0: clamp the guided x0 to [-clip_x0, clip_x0]; "auto" (default) takes the wrapped
+            denoiser's ``clip_x0`` attribute (None when it has none, e.g. the oracle); None disables it.
+    """
+
+    def __init__(self, denoiser, classifier, scale: float, pass_cond: bool = False,
+                 clip_x0: float | None | str = "auto"):
+        self.denoiser, self.classifier, self.scale = denoiser, classifier, float(scale)
+        self.pass_cond = pass_cond
+        self.clip_x0 = getattr(denoiser, "clip_x0", None) if clip_x0 == "auto" else clip_x0
+        self.process = denoiser.process
+
+    def classifier_grad(self, xt: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """grad_{x_t} log p_phi(cond | x_t, t), shaped and typed like xt."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("classifier guidance differentiates the classifier, which torch.inference_mode() "
+                               "forbids; sample under torch.no_grad() instead")
+        with torch.enable_grad():
+            # clone: xt may be an inference tensor or a view the sampler updates in place.
+            x = xt.detach().clone().requires_grad_(True)
+            log_p = self.classifier.log_prob(x, t, cond)
+            (grad,) = torch.autograd.grad(log_p.sum(), x)
+        return grad
+
+    def __call__(self, xt: Tensor, t: Tensor, cond: Tensor | None = None) -> Prediction:
+        if cond is None:
+            raise ValueError("classifier guidance needs a condition: the class labels (B,) to steer towards")
+        cond = torch.as_tensor(cond, dtype=torch.long, device=xt.device).expand(xt.shape[0])
+        pred = self.denoiser(xt, t, cond if self.pass_cond else None)
+        if self.scale == 0.0:
+            return pred
+        t_b = torch.as_tensor(t, dtype=torch.float64, device=xt.device).expand(xt.shape[0])
+        a, s = self.process.alpha_sigma(t_b)
+        alpha, sigma = bcast(a, xt), bcast(s, xt)
+        eps = pred.eps - self.scale * sigma * self.classifier_grad(xt, t_b, cond)
+        x0 = (xt - sigma * eps) / alpha
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+            eps = (xt - alpha * x0) / sigma
+        return Prediction(x0, eps, pred.var_interp)

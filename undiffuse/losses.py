@@ -15,6 +15,8 @@ L_simple (the stop-gradient on the mean).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -29,8 +31,11 @@ WEIGHTINGS = ("uniform", "min_snr")
 def diffusion_loss(denoiser: Denoiser, x0: Tensor, cond: Tensor | None = None, *,
                    loss: str = "l2", weighting: str = "uniform", snr_gamma: float = 5.0,
                    vlb_weight: float = 1e-3, generator: torch.Generator | None = None,
-                   t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
-    """Per-sample loss, shape (B,). ``t`` and ``noise`` may be given (tests); else drawn."""
+                   t: Tensor | None = None, noise: Tensor | None = None,
+                   forward: Callable[..., Prediction] | None = None) -> Tensor:
+    """Per-sample loss, shape (B,). ``t`` and ``noise`` may be given (tests, or the trainer's
+    share of a global batch drawn on every process); else drawn. ``forward`` runs the network in
+    place of ``denoiser`` (its DistributedDataParallel wrapper, which syncs the gradients)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
     if weighting not in WEIGHTINGS:
@@ -42,7 +47,7 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, cond: Tensor | None = None, *
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = process.corrupt(x0, t, noise)
-    pred = denoiser(xt, t, cond)
+    pred = (denoiser if forward is None else forward)(xt, t, cond)
     a, s = process.alpha_sigma(t)
     snr = (a / s) ** 2
     residual, weight = _residual_and_weight(denoiser.prediction, pred, x0, noise, a, s, snr,

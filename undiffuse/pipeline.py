@@ -10,10 +10,10 @@ from torch import Tensor
 from .checkpoint import latest_checkpoint, load_weights, read_json
 from .config import TrainConfig
 from .denoiser import Denoiser
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .nets import build_net
 from .processes import from_config
-from .samplers import SAMPLERS, timesteps
+from .samplers import get_sampler, timesteps
 # Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
 # package attribute `undiffuse.train` to that module, which must happen before undiffuse/__init__
 # binds the name to the train() function below, or `undiffuse.train(...)` stops being callable.
@@ -41,36 +41,63 @@ class Pipeline:
     def process(self):
         return self.denoiser.process
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: classifier guidance differentiates the classifier
     def sample(self, n: int = 16, *, sampler: str = "ddim", steps: int = 50,
-               spacing: str = "trailing", seed: int = 0, class_labels: Tensor | list[int] | int | None = None,
-               guidance: float = 1.0, bf16: bool = False, trajectory: bool = False,
+               spacing: str | None = None, seed: int = 0,
+               class_labels: Tensor | list[int] | int | None = None, guidance: float = 1.0,
+               classifier_scale: float = 0.0, bf16: bool = False, trajectory: bool = False,
                **options) -> Tensor | SampleResult:
-        """Draw ``n`` samples. ``class_labels``: one label for all, a list, or None (the null class
-        for conditional models). ``guidance``: classifier-free guidance scale w (1 = plain
-        conditional). Returns a tensor in the data range, or a SampleResult with the
-        intermediate x_t and predicted x0 when ``trajectory=True``."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        """Draw ``n`` samples with ``sampler`` (``undiffuse.samplers.SAMPLERS``) in ``steps`` steps
+        on the ``spacing`` schedule (default: the sampler's own, see ``SamplerInfo.spacing``).
+
+        ``class_labels``: one label for all, a list, or None (the null class for conditional
+        models). ``guidance``: classifier-free guidance scale w (1 = plain conditional, 0 =
+        unconditional). ``classifier_scale``: classifier guidance with the run's noisy classifier
+        (``undiffuse train-classifier``) on top. ``options`` go to the sampler (e.g. ``eta``).
+        Returns a tensor in the data range, or a SampleResult with the intermediate x_t and
+        predicted x0 when ``trajectory=True``.
+        """
+        info = get_sampler(sampler)
         gen = torch.Generator().manual_seed(seed)
-        x = self.process.prior((n, *self.shape), gen)
+        ts = timesteps(self.process, steps, spacing or info.spacing)
+        x = self.process.prior((n, *self.shape), gen, t=ts[0])
         cond = self.labels_for(class_labels, n)
-        ts = timesteps(self.process, steps, spacing)
-        denoiser = self.denoiser
-        if guidance != 1.0:
-            if cond is None:
-                raise ValueError("guidance needs a class-conditional model")
-            denoiser = ClassifierFreeGuidance(denoiser, guidance, null_cond=self.num_classes)
+        denoiser = self.guided(cond, guidance, classifier_scale)
         xs, x0s = [], []
         callback = (lambda d: (xs.append(d["x"].float()), x0s.append(d["x0_hat"].float()))) \
             if trajectory else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = SAMPLERS[sampler](denoiser, x, ts, cond=cond, generator=gen,
-                                    callback=callback, **options)
+            out = info(denoiser, x, ts, cond=cond, generator=gen, callback=callback, **options)
         out = out.float()
         if not trajectory:
             return out
         return SampleResult(out, xs, x0s, ts[:len(xs)].tolist())
+
+    def guided(self, cond: Tensor | None, guidance: float = 1.0, classifier_scale: float = 0.0):
+        """The denoiser with classifier-free guidance w and classifier guidance s applied."""
+        denoiser = self.denoiser
+        if guidance != 1.0 or classifier_scale:
+            if cond is None or self.num_classes is None:
+                raise ValueError("guidance needs a class-conditional model and class labels")
+        if guidance == 0.0:
+            denoiser = _NullClass(denoiser, self.num_classes)
+        elif guidance != 1.0:
+            denoiser = ClassifierFreeGuidance(denoiser, guidance, null_cond=self.num_classes)
+        if classifier_scale:
+            denoiser = ClassifierGuidance(denoiser, self.classifier(), classifier_scale, pass_cond=True)
+        return denoiser
+
+    def classifier(self):
+        """The run's noise-conditional classifier (``RUN/classifier``), loaded once."""
+        if getattr(self, "_classifier", None) is None:
+            from .classifier import load_classifier
+
+            path = None if self.run_dir is None else Path(self.run_dir) / "classifier"
+            if path is None or not path.is_dir():
+                raise FileNotFoundError(f"classifier guidance needs a classifier in {path}; train one "
+                                        "with `undiffuse train-classifier --run RUN`")
+            self._classifier = load_classifier(path, self.process)
+        return self._classifier
 
     def save_trajectory(self, path: str | Path, n: int = 10, *, columns: int = 10,
                         class_label: int | None = None, guidance: float = 1.0, **sample_options) -> Path:
@@ -102,6 +129,17 @@ class Pipeline:
             raise ValueError(f"class labels must be {n} values in 0..{self.num_classes - 1} "
                              f"(or {self.num_classes} for unconditional), got {labels.tolist()}")
         return labels
+
+
+class _NullClass:
+    """A conditional denoiser asked for its null class whatever the labels (guidance w = 0)."""
+
+    def __init__(self, denoiser, null: int):
+        self.denoiser, self.null, self.process = denoiser, null, denoiser.process
+        self.clip_x0 = getattr(denoiser, "clip_x0", None)
+
+    def __call__(self, xt: Tensor, t: Tensor, cond: Tensor | None = None):
+        return self.denoiser(xt, t, torch.full((xt.shape[0],), self.null, dtype=torch.long))
 
 
 def load(run_dir: str | Path, weights: str = "ema") -> Pipeline:

@@ -5,6 +5,21 @@ Everything random in a step comes from state saved in the checkpoint: the batch 
 function of (seed, epoch), the levels t, noise and label dropout come from one torch.Generator
 whose state is saved, and dropout inside the network uses torch's global RNG, also saved. So on
 CPU a run stopped and resumed produces the same weights as one that never stopped.
+
+Under torchrun (``torchrun --nproc_per_node N -m undiffuse train ...``) the same loop runs as
+DistributedDataParallel, arranged so the result does not depend on N:
+
+* ``batch_size`` is the global batch; each of the N processes trains on a contiguous 1/N of it;
+* every process draws the label dropout, levels t and noise of the *whole* global batch from
+  the shared generator and keeps its share, so the generator state is the same on every process
+  and equal to a single-process run's: a checkpoint resumes with any number of processes;
+* each process's loss is the mean over its share and DDP averages the gradients, so the gradient
+  is the single-process one (up to float rounding); clipping, AdamW and EMA then run identically
+  everywhere;
+* rank 0 alone writes config.json, log.jsonl, checkpoints (the plain module's weights) and grids.
+
+Network dropout is the exception: each process drops units of its own share with its own RNG
+(see ``Trainer.train_step``), so with dropout a run is reproducible for a given N, not across N.
 """
 from __future__ import annotations
 
@@ -18,6 +33,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed
 from .checkpoint import (latest_checkpoint, load_weights, optimizer_from_flat, read_json,
                          save_checkpoint, write_json)
 from .config import TrainConfig
@@ -30,7 +48,7 @@ from .processes import make_process
 
 #: Settings a resumed run may change: when to stop and what to write, never the maths.
 RESUMABLE_CHANGES = {"steps", "out", "max_minutes", "sample_every", "checkpoint_every", "log_every",
-                     "num_samples", "sampler", "sample_steps", "guidance"}
+                     "num_samples", "sampler", "sample_steps", "guidance", "device"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,6 +92,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
+def _rank_seed(seed: int, step: int, rank: int) -> int:
+    """The global-RNG seed of process ``rank`` > 0 at ``step`` (see ``Trainer.train_step``)."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + rank) % 2**63
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The indices of batch ``step``: epochs are seeded permutations, last partial batch dropped."""
     per_epoch = max(1, n // batch_size)
@@ -89,16 +112,34 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
-        torch.manual_seed(cfg.seed)
-        self.data = data if data is not None else load_dataset(
-            cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad_image=cfg.on_bad_image,
-            labels_from_subfolders=cfg.labels_from_subfolders)
-        self.denoiser = build_denoiser(cfg, self.data)
+        self.device = distributed.resolve_device(cfg.device)
+        world = distributed.world_size()
+        if cfg.batch_size % world:
+            up = -(-cfg.batch_size // world) * world
+            raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: "
+                             f"it is the global batch, shared equally; use a multiple of {world} "
+                             f"(e.g. --batch-size {up}) or a number of processes that divides it")
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        if data is None:
+            with distributed.main_first():  # one process fills a download cache, then the rest
+                data = load_dataset(
+                    cfg.data, image_size=cfg.image_size, channels=cfg.channels,
+                    on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders)
+        self.data = data
+        self.denoiser = build_denoiser(cfg, self.data).to(self.device)
         self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        # CPU generator on every device: its state (in checkpoints) means the same everywhere.
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        # What runs the forward pass: under torchrun a DDP wrapper that averages the gradients
+        # over processes in backward. It shares the denoiser's parameters, so the optimizer, EMA
+        # and checkpoints keep using the plain module (no "module." prefix in saved weights).
+        self.model: torch.nn.Module = self.denoiser
+        if distributed.is_distributed():
+            self.model = DistributedDataParallel(
+                self.denoiser, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @property
     def num_classes(self) -> int | None:
@@ -113,10 +154,18 @@ class Trainer:
                          "num_classes": self.num_classes,
                          "class_names": self.data.class_names}}
 
-    def save(self) -> Path:
-        rng = {"generator": self.gen.get_state(), "torch_global": torch.get_rng_state()}
-        return save_checkpoint(self.run_dir, self.step, self.denoiser, self.ema, self.opt, rng,
-                               {"time": time.time()})
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; the others hold the same state); returns its folder on
+        rank 0, None elsewhere. Every process must call it: they wait until it is complete."""
+        path = None
+        if distributed.is_main():
+            rng = {"generator": self.gen.get_state(), "torch_global": torch.get_rng_state()}
+            if self.device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
+                rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+            path = save_checkpoint(self.run_dir, self.step, self.denoiser, self.ema, self.opt, rng,
+                                   {"time": time.time()})
+        distributed.barrier()  # nobody reads or replaces a checkpoint rank 0 is still writing
+        return path
 
     def resume(self) -> bool:
         """Load the newest checkpoint if one exists; True when resumed."""
@@ -137,37 +186,57 @@ class Trainer:
         rng = load_weights(ckpt / "rng.safetensors")
         self.gen.set_state(rng["generator"])
         torch.set_rng_state(rng["torch_global"])
+        if "torch_cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
         self.step = int(state["step"])
         return True
 
     # --- the loop --------------------------------------------------------------------------------
 
     def train_step(self) -> tuple[float, float]:
-        cfg, data = self.cfg, self.data
-        idx = batch_indices(len(data), cfg.batch_size, cfg.seed, self.step)
-        x0 = data.x[idx]
+        """One optimisation step; returns the loss (mean over the global batch) and the
+        gradient norm before clipping."""
+        cfg, data, dev, b = self.cfg, self.data, self.device, self.cfg.batch_size
+        idx = batch_indices(len(data), b, cfg.seed, self.step)
+        # The random numbers of the whole global batch, in the single-process order (label
+        # dropout, t, noise), on every process; each keeps its share. Drawing only a share would
+        # leave the generator in a state that depends on the number of processes.
+        labels = self._labels(idx)
+        t = self.denoiser.process.sample_t(b, self.gen)
+        noise = torch.randn((b, *data.x.shape[1:]), generator=self.gen, dtype=data.x.dtype)
+        mine = distributed.shard(b)  # everything with one process
+        x0 = data.x[idx[mine]].to(dev)
         if x0.ndim == 4 and cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = self._labels(idx)
+        cond = None if labels is None else labels[mine].to(dev)
+        if distributed.rank() > 0:
+            # Network dropout draws from torch's global RNG. Rank 0 keeps the stream that
+            # checkpoints save; the others reseed from (seed, step, rank) each step, so their
+            # masks differ from rank 0's and a resumed run replays them exactly.
+            torch.manual_seed(_rank_seed(cfg.seed, self.step, distributed.rank()))
         lr = lr_at(cfg, self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.denoiser.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        self.model.train()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = diffusion_loss(self.denoiser, x0, cond, loss=cfg.loss, weighting=cfg.weighting,
-                                  snr_gamma=cfg.snr_gamma, generator=self.gen).mean()
-        if not torch.isfinite(loss):
+                                  snr_gamma=cfg.snr_gamma, t=t[mine].to(dev),
+                                  noise=noise[mine].to(dev), forward=self.model).mean()
+        # The global mean: it is what gets logged, and every process must reach the same verdict
+        # (one that stopped alone would leave the others waiting in backward's all-reduce).
+        global_loss = distributed.all_reduce_mean(loss.detach())
+        if not torch.isfinite(global_loss):
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.step + 1}. The last good checkpoint in "
+                f"loss became {global_loss.item()} at step {self.step + 1}. The last good checkpoint in "
                 f"{self.run_dir / 'checkpoints'} is kept. Try a lower --lr (now {cfg.lr}), "
                 f"--grad-clip 1.0, --no-bf16, or check the data for NaN values")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients arrive averaged over processes: identical everywhere
         grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), cfg.grad_clip)
         self.opt.step()
         ema_update(self.ema, self.denoiser, self.step, cfg.ema_decay)
         self.step += 1
-        return loss.item(), float(grad_norm)
+        return global_loss.item(), float(grad_norm)
 
     def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
         num_classes = self.num_classes
@@ -180,15 +249,25 @@ class Trainer:
         return labels
 
     def fit(self, progress: bool = True, on_log=None) -> None:
+        """Train to cfg.steps. Under torchrun every process calls it; rank 0 writes the files."""
         cfg = self.cfg
-        write_json(self.run_dir / "config.json", self.run_config())
+        main = distributed.is_main()
+        if main:
+            write_json(self.run_dir / "config.json", self.run_config())
+            if distributed.is_distributed():
+                w = distributed.world_size()
+                print(f"DDP: {w} processes ({distributed.backend()}, {self.device.type}), "
+                      f"{cfg.batch_size // w} images per process, global batch {cfg.batch_size}",
+                      flush=True)
         log_path = self.run_dir / "log.jsonl"
         start_step, t0 = self.step, time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train",
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="train",
                    unit="step", dynamic_ncols=True)
         window_t, window = time.perf_counter(), []
         while self.step < cfg.steps:
-            if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            # Decided together: a process stopping alone would leave the others waiting.
+            if cfg.max_minutes is not None and distributed.any_rank(
+                    time.perf_counter() - t0 > 60 * cfg.max_minutes):
                 self.save()
                 break
             try:
@@ -205,27 +284,31 @@ class Trainer:
                 record = {"step": self.step, "loss": loss, "lr": lr_at(cfg, self.step - 1),
                           "grad_norm": grad_norm, "images_per_s": rate,
                           "elapsed_s": now - t0}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
                 window_t, window = now, []
                 if on_log is not None:
                     on_log(self, record)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
-            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+            if main and cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
                 paused = time.perf_counter()
                 self.write_samples(f"step-{self.step:08d}")
                 window_t += time.perf_counter() - paused  # images/s counts training time only
         bar.close()
         if self.step == start_step:
             self.save()
-        self.write_samples("final")
+        if main:
+            self.write_samples("final")
 
     def pipeline(self):
         from .pipeline import Pipeline
 
-        return Pipeline(self.ema, tuple(self.data.x.shape[1:]), self.num_classes,
+        # Pipeline samples on the CPU: give it a CPU copy of a GPU-trained EMA.
+        ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
+        return Pipeline(ema, tuple(self.data.x.shape[1:]), self.num_classes,
                         self.data.class_names, self.run_dir)
 
     def write_samples(self, tag: str) -> Path:

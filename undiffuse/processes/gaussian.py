@@ -65,9 +65,11 @@ class GaussianProcess:
         return bcast(a, x0) * x0 + bcast(s, x0) * noise
 
     def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-        """A draw from the prior p(x_1) ~= q(x_1): N(0, I) for VP, N(0, sigma_max^2 I) for VE."""
-        a, s = self.alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              t: float | Tensor = 1.0) -> Tensor:
+        """A draw from the prior p(x_t) ~= q(x_t) at the level where sampling starts (t = 1 by
+        default): N(0, I) for VP, N(0, sigma(t)^2 I) for VE (the data's own variance neglected)."""
+        s = self.sigma(torch.as_tensor(t, dtype=torch.float64))
         scale = float(s) if self.kind == "ve" else 1.0
         return scale * torch.randn(shape, generator=generator, device=device, dtype=dtype)
 

@@ -116,3 +116,32 @@ class OracleDenoiser:
         """Exact log q_t(x) of the noisy marginal at level t."""
         a, s = self.process.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
         return self.gmm.noised(float(a), float(s)).log_prob(x.reshape(x.shape[0], -1))
+
+
+class OracleClassifier:
+    """The exact p(y = k | x_t) for GaussianMixture data whose classes are its components.
+
+    Bayes' rule under the noised mixture: log p(k | x_t) = log pi_k + log N(x_t; alpha mu_k,
+    alpha^2 s_k^2 + sigma^2) - log sum_j (same for j), i.e. the responsibilities of
+    ``gmm.noised(alpha, sigma)``, at a per-sample level t. Differentiable in x_t by autograd, so it
+    plugs into ``undiffuse.guidance.ClassifierGuidance`` with the same ``log_prob`` interface as
+    ``undiffuse.classifier.TimeClassifier``. Computed in float64; returned in the dtype of x_t.
+    """
+
+    def __init__(self, gmm: GaussianMixture, process: GaussianProcess):
+        self.gmm, self.process = gmm, process
+
+    def log_probs(self, xt: Tensor, t: Tensor | float) -> Tensor:
+        """log p(k | x_t) for every component k: (B, K)."""
+        b = xt.shape[0]
+        x = xt.reshape(b, -1).to(torch.float64)
+        a, s = self.process.alpha_sigma(torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(b))
+        g = self.gmm
+        var_t = a[:, None, None] ** 2 * g.stds**2 + s[:, None, None] ** 2   # (B, K, D)
+        diff = x[:, None, :] - a[:, None, None] * g.means                   # (B, K, D)
+        joint = torch.log(g.weights) - 0.5 * ((diff**2 / var_t) + torch.log(2 * math.pi * var_t)).sum(-1)
+        return torch.log_softmax(joint, dim=1).to(xt.dtype)
+
+    def log_prob(self, xt: Tensor, t: Tensor | float, y: Tensor) -> Tensor:
+        """log p(y | x_t): (B,)."""
+        return self.log_probs(xt, t).gather(1, torch.as_tensor(y, dtype=torch.long).reshape(-1, 1))[:, 0]
