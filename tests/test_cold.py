@@ -286,7 +286,8 @@ def test_algorithm2_cancels_a_smooth_restoration_error_on_blur():
     d = Blur(10, 5, 1.0)  # mild blur: its per-step change of smooth images is small
     x0 = smooth_images(3, 1, 16, 16)
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
-    e = (0.15 + 0.1 * torch.cos(2 * torch.pi * xx / 16) + 0.05 * torch.sin(2 * torch.pi * yy / 16)).expand_as(x0)
+    e = 0.15 + 0.1 * torch.cos(2 * torch.pi * xx / 16) + 0.05 * torch.sin(2 * torch.pi * yy / 16)
+    e = e.expand_as(x0)
     restore = lambda x, t: x0 + e  # noqa: E731
 
     # One step from the true x_s: the error each update leaves in x_{s-1}.

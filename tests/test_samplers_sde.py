@@ -64,18 +64,18 @@ def test_stochastic_samplers_produce_the_mixture(proc, case):
                                   "pc", "langevin"])
 def test_fewer_steps_degrade_gracefully(name):
     """From 5 to 30 steps (each sampler's own spacing): finite samples always; an error bounded by
-    5 nats (the mixture's entropy is 2.07) and below 0.6 nats at 30 steps. Two samplers are only
-    bounded from 10 steps, and the test records by how much they miss at 5 (nats):
-    heun_sde (28): Heun's trapezoid step between far-apart levels is unstable, the ODE being stiff as
-    s -> 0 (Karras et al. use tens of steps); dpmpp_3m_sde (36): the quadratic through three noisy
-    x0_hat extrapolates the injected noise (k-diffusion's weights do the same, less)."""
+    5 nats (the mixture's entropy is 2.07) and below 0.6 nats at 30 steps. heun_sde is only bounded
+    from 10 steps and misses by 28 nats at 5: Heun's trapezoid step between far-apart levels is
+    unstable, the ODE being stiff as s -> 0 (Karras et al. use tens of steps). dpmpp_3m_sde is fine
+    on its trailing schedule (0.10 nats at 5 steps) but not on log-SNR or Karras ladders (36 nats):
+    the quadratic through three noisy x0_hat extrapolates the injected noise over growing steps."""
     process = VP("cosine")
     errors = []
     for steps in (5, 10, 30):
         out, _ = sample(name, process, SAMPLERS[name].spacing, steps)
         assert bool(torch.isfinite(out).all())
         errors.append(distribution_errors(GMM, REF, out)[0])
-    fragile = {"heun_sde": 40.0, "dpmpp_3m_sde": 50.0}
+    fragile = {"heun_sde": 40.0}
     assert errors[0] < fragile.get(name, 5.0), errors
     assert max(errors[1:]) < 5.0 and errors[-1] < 0.6, errors
 

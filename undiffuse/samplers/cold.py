@@ -35,9 +35,9 @@ with a constant error, Algorithm 2 ends at ``x0 + (I - A_T) e`` while Algorithm 
 ``x0 + e``; the part of ``e`` that the full degradation leaves intact (``A_T e ~ e``: its smooth
 part) disappears. ``tests/test_cold.py`` checks both identities on the blur.
 
-Generation (sec. 5, "Cold generation"): a deterministic degradation maps all images of a class of
-similar ones to nearly the same x_T, so the start must be drawn from the distribution of fully
-degraded images. ``GaussianMixturePrior`` fits a Gaussian mixture (scikit-learn) to the features
+Generation (sec. 5, "Cold generation"): a fully degraded image keeps little of x0 (blur: only the
+channel means), and a deterministic sampler maps one x_T to one image, so the start must be drawn
+from the distribution of fully degraded images, and slightly perturbed. ``GaussianMixturePrior`` fits a Gaussian mixture (scikit-learn) to the features
 ``degradation.summarize(D(x0, T))`` of training images (for blur: the per-channel means, as the
 paper does) and samples from it; ``generate`` adds a small Gaussian noise to x_T to break the
 symmetry (the paper uses a standard deviation of 0.002, our default; the official code's
