@@ -32,8 +32,8 @@ from undiffuse.samplers import get_sampler
 # NFE 10; docs/samplers.md). --all-spacings runs every one listed in SPACINGS_ALL.
 OURS = {
     "ddim": ["trailing"], "euler_ancestral": ["trailing"], "heun": ["karras"],
-    "dpmpp_2m": ["trailing", "logsnr"], "dpmpp_3m": ["logsnr"], "dpmpp_2m_sde": ["karras"],
-    "dpmpp_3m_sde": ["logsnr"], "heun_sde": ["karras"], "ddpm": ["trailing"], "pc": ["trailing"],
+    "dpmpp_2m": ["trailing", "logsnr"], "dpmpp_3m": ["logsnr", "trailing"],
+    "dpmpp_2m_sde": ["karras", "trailing"], "dpmpp_3m_sde": ["logsnr", "trailing"], "heun_sde": ["karras"], "ddpm": ["trailing"], "pc": ["trailing"],
     "langevin": ["trailing"],
 }
 # diffusers scheduler: (class name, extra config, the timestep_spacings run ("karras": Karras sigmas))
@@ -177,12 +177,17 @@ def table(results: list[dict]) -> str:
     floor = sum(r["fid_floor"] for r in results) / len(results)
     lines.append(f"\nFID-style score of real digits (the floor at this n): {floor:.2f}; "
                  f"n = {results[0]['n']}, guidance {results[0]['guidance']}")
-    lines += [f"failed: {r['lib']} {r['sampler']} ({r['spacing']}) at NFE {r['nfe_budget']}: {r['error']}"
-              for r in failed]
+    crashes: dict[tuple, list] = {}
+    for r in failed:
+        crashes.setdefault((r["lib"], r["sampler"], r["spacing"], r["error"].split(":")[0]), []).append(r["nfe_budget"])
+    lines += [f"failed: {lib} {name} ({spacing}) at NFE {', '.join(map(str, sorted(nfes)))}: {error}"
+              for (lib, name, spacing, error), nfes in crashes.items()]
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:
+    """Two panels (undiffuse, diffusers), best spacing per sampler; the 1000-step DDPM score and
+    the real-data floor as lines; scores above 100 (diverged) drawn at the top edge."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,20 +196,30 @@ def plot(results: list[dict], path: Path) -> None:
     results = [r for r in results if r["fid"] is not None]
     if not results:
         return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    best: dict[tuple, dict[int, float]] = {}
+    top = 100.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    curves: dict[tuple, dict[int, float]] = {}
     for r in results:
-        curve = best.setdefault((r["lib"], r["sampler"]), {})
-        curve[r["nfe"]] = min(curve.get(r["nfe"], float("inf")), r["fid"])
-    for (lib, name), curve in sorted(best.items()):
-        nfes = sorted(curve)
-        ax.plot(nfes, [curve[k] for k in nfes], marker="o" if lib == "undiffuse" else "x",
-                linestyle="-" if lib == "undiffuse" else "--", label=f"{lib}: {name}")
-    ax.axhline(sum(r["fid_floor"] for r in results) / len(results), color="k", lw=0.8,
-               label="real data (floor)")
-    ax.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)",
-           ylabel="FID-style score (MNIST feature net)", title="Sampler frontier on the MNIST demo model")
-    ax.legend(fontsize=7, ncol=2)
+        if r["nfe_budget"] < 1000:
+            curve = curves.setdefault((r["lib"], r["sampler"]), {})
+            curve[r["nfe"]] = min(curve.get(r["nfe"], float("inf")), r["fid"])
+    markers = "osD^v<>pP*Xh"
+    for ax, lib in zip(axes, ("undiffuse", "diffusers")):
+        names = sorted(name for lb, name in curves if lb == lib)
+        for i, name in enumerate(names):
+            curve = curves[(lib, name)]
+            nfes = sorted(curve)
+            ax.plot(nfes, [min(curve[k], top) for k in nfes], marker=markers[i % len(markers)],
+                    color=plt.cm.tab20(i / max(len(names) - 1, 1)), label=name)
+        for r in results:
+            if r["nfe_budget"] >= 1000 and r["sampler"] in ("ddpm", "DDPM"):
+                ax.axhline(r["fid"], color="gray", ls="--", lw=1, label=f"DDPM, {r['nfe']} steps")
+        ax.axhline(sum(r["fid_floor"] for r in results) / len(results), color="k", lw=0.8,
+                   label="real data (floor)")
+        ax.set(xscale="log", yscale="log", ylim=(1, top * 1.1), xlabel="network evaluations (NFE)",
+               title=f"{lib} (best schedule per sampler)")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("FID-style score (MNIST feature net; >= 100 drawn at the top)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"written: {path}")

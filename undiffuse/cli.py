@@ -1,4 +1,4 @@
-"""`undiffuse` command line: train, sample, eval.
+"""`undiffuse` command line: train, sample, eval, samplers, degrade.
 
 Run ``undiffuse COMMAND --help`` for each command's options.
 """
@@ -22,10 +22,12 @@ TRAIN_FLAGS: dict[str, str] = {
     "channels": "image folders: 1 (grayscale) or 3 (RGB); default: from the images",
     "on_bad_image": "image folders: 'error' (default) or 'skip' unreadable images with a warning",
     "net": "network preset (ddpm-cifar10, mnist-small, tiny, ...) or 'mlp'",
-    "process": "forward process: ddpm[:linear|cosine|sigmoid[:N]], vp[:schedule], ve, edm",
+    "process": "forward process: ddpm[:linear|cosine|sigmoid[:N]], vp[:schedule], ve, edm; or a cold "
+               "degradation (Bansal et al. 2022) blur, mask, pixelate, desaturate, snow, fade, gaussian, "
+               "with settings as in blur:T=20:sigma=7 (`undiffuse samplers --cold` lists them)",
     "prediction": "what the network predicts: eps, x0, v, edm",
     "label_dropout": "probability of training on the null class (for classifier-free guidance)",
-    "loss": "l2 or l1",
+    "loss": "l2 or l1 (default: l2; l1 for a cold process)",
     "weighting": "uniform or min_snr (Hang et al. 2023)",
     "snr_gamma": "gamma of min-SNR weighting",
     "steps": "number of optimisation steps",
@@ -45,7 +47,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "checkpoint_every": "write a checkpoint every N steps",
     "sample_every": "write a sample grid every N steps (0: only at the end)",
     "num_samples": "images in each sample grid",
-    "sampler": "sampler for the grids (`undiffuse samplers` lists them)",
+    "sampler": "sampler for the grids (default ddim; improved for a cold process; `undiffuse samplers`)",
     "sample_steps": "sampler steps for the grids",
     "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
 }
@@ -53,7 +55,8 @@ BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
               "channels_last": "channels-last memory format for images",
               "class_conditional": "condition on class labels when the data has them",
               "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)",
-              "labels_from_subfolders": "image folders: class labels from first-level sub-folders"}
+              "labels_from_subfolders": "image folders: class labels from first-level sub-folders",
+              "residual": "cold processes: the network predicts x0 - x_t instead of x0"}
 
 
 def _add_train(sub) -> None:
@@ -80,9 +83,11 @@ def _add_sample(sub) -> None:
                        description="Draw samples from a run directory's EMA weights. "
                                    "`undiffuse samplers` lists the samplers.")
     p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
-    p.add_argument("--sampler", default="ddim", metavar="NAME",
-                   help="sampler (default ddim): " + ", ".join(sorted(SAMPLERS)))
-    p.add_argument("--steps", type=int, default=50, help="number of sampler steps")
+    p.add_argument("--sampler", default=None, metavar="NAME",
+                   help="sampler (default ddim): " + ", ".join(sorted(SAMPLERS))
+                        + "; for a cold run (default improved): naive, improved, direct")
+    p.add_argument("--steps", type=int, default=None,
+                   help="number of sampler steps (default 50; a cold run: every severity)")
     p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
                    help="step schedule: trailing, linspace, leading, karras, logsnr "
                         "(default: the sampler's own, see `undiffuse samplers`)")
@@ -105,14 +110,19 @@ def _add_sample(sub) -> None:
 
 
 def _add_samplers(sub) -> None:
-    sub.add_parser("samplers", help="list the samplers: order, stochastic or not, cost, paper",
-                   description="Every sampler `undiffuse sample --sampler NAME` accepts.")
+    p = sub.add_parser("samplers", help="list the samplers: order, stochastic or not, cost, paper",
+                       description="Every sampler `undiffuse sample --sampler NAME` accepts.")
+    p.add_argument("--cold", action="store_true",
+                   help="list the Cold Diffusion samplers and degradations instead")
 
 
 def cmd_samplers(args) -> int:
     import inspect
 
     from .samplers import SAMPLERS
+
+    if getattr(args, "cold", False):
+        return _list_cold()
 
     print(f"{'name':16s} {'order':>5s}  {'noise':5s}  {'NFE for N steps':15s}  {'schedule':8s}  paper; options")
     for name, info in SAMPLERS.items():
@@ -123,6 +133,22 @@ def cmd_samplers(args) -> int:
         print(f"{name:16s} {info.order or '-':>5}  {'yes' if info.stochastic else 'no':5s}  {cost:15s}  "
               f"{info.spacing:8s}  {info.paper}; options: {', '.join(options) or '-'}"
               + (f" (registered with {fixed})" if fixed else ""))
+    return 0
+
+
+def _list_cold() -> int:
+    from .processes.cold import DEGRADATIONS
+    from .samplers.cold import COLD_SAMPLERS
+
+    about = {"naive": "Algorithm 1: x_{s-1} = D(R(x_s, s), s - 1)",
+             "improved": "Algorithm 2: x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s - 1) (the default)",
+             "direct": "one-shot restoration R(x_t, t)"}
+    print("Cold Diffusion (Bansal et al. 2022): train with --process NAME[:KEY=VALUE...]; samplers:")
+    for name in COLD_SAMPLERS:
+        print(f"  {name:10s} {about.get(name, '')}")
+    print("degradations (settings):")
+    for name, cls in DEGRADATIONS.items():
+        print(f"  {name:10s} {', '.join(f'{k}={v}' for k, v in cls().settings().items())}")
     return 0
 
 
@@ -208,19 +234,21 @@ def cmd_train(args) -> int:
             return 2
     if not main_rank:
         return 0
-    out = Path(cfg.out)
+    out, pipe = Path(cfg.out), trainer.pipeline()
     pictures = [out / "samples" / "final.png", plot_loss_curve(out / "log.jsonl", out / "samples" / "loss.png")]
-    if trainer.data.x.ndim == 4:
-        pictures.append(_trajectory(trainer.pipeline(), cfg, out / "samples" / "trajectory.png"))
+    if trainer.cold and pipe.can_generate:
+        pictures.append(out / "samples" / "final-restore.png")
+    if trainer.data.x.ndim == 4 and getattr(pipe, "can_generate", True):
+        pictures.append(_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
+                                    steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     for path in pictures:
         print(f"  picture: {path}")
     return 0
 
 
-def _trajectory(pipe, cfg: TrainConfig, path: Path, class_label=None) -> Path:
-    return pipe.save_trajectory(path, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed,
-                                guidance=cfg.guidance, class_label=class_label)
+def _trajectory(pipe, path: Path, class_label=None, **options) -> Path:
+    return pipe.save_trajectory(path, class_label=class_label, **options)
 
 
 def cmd_sample(args) -> int:
@@ -235,6 +263,8 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--trajectory draws images, but {args.run} is a run on "
                          f"{pipe.shape[0]}-D points; drop --trajectory")
     opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
+    # Unset: each pipeline's own default (ddim in 50 steps; a cold run: improved, every severity).
+    opts |= {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
     if args.class_label is not None:
         labels = args.class_label
     elif pipe.num_classes is not None:
@@ -242,17 +272,95 @@ def cmd_sample(args) -> int:
     else:
         labels = None
     t0 = time.perf_counter()
-    x = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
-                    seed=args.seed, class_labels=labels, guidance=args.guidance,
+    x = pipe.sample(args.n, spacing=args.spacing, seed=args.seed, class_labels=labels, guidance=args.guidance,
                     classifier_scale=args.classifier_scale, bf16=args.bf16, **opts)
     dt = time.perf_counter() - t0
     nrow = pipe.num_classes if (labels is not None and args.class_label is None) else None
     path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
     print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {path}")
     if args.trajectory:
-        cfg = TrainConfig(sampler=args.sampler, sample_steps=args.steps, seed=args.seed,
-                          guidance=args.guidance)
-        print(f"trajectory -> {_trajectory(pipe, cfg, Path(args.trajectory), class_label=args.class_label)}")
+        path = _trajectory(pipe, Path(args.trajectory), class_label=args.class_label, seed=args.seed,
+                           guidance=args.guidance, spacing=args.spacing, bf16=args.bf16, **opts)
+        print(f"trajectory -> {path}")
+    return 0
+
+
+def _add_degrade(sub) -> None:
+    p = sub.add_parser("degrade", help="draw a cold degradation's ladder D(x0, t), t = 0..T",
+                       description="Draw the ladder of a cold degradation (Bansal et al. 2022): one row "
+                                   "per image, one column per severity t, evenly spaced from 0 to T.")
+    p.add_argument("source", metavar="IMAGE_OR_DATASET",
+                   help="an image file, or a dataset: mnist, digits, photos (tiles of scikit-learn's "
+                        "sample photographs, colour), or an image folder")
+    p.add_argument("--process", required=True,
+                   help="blur, mask, pixelate, desaturate, snow, fade or gaussian, with settings as in "
+                        "blur:T=20:sigma=7 (`undiffuse samplers --cold` lists them)")
+    p.add_argument("--steps", type=int, default=None, help="T, overriding the spec's (default: its own)")
+    p.add_argument("--n", type=int, default=8, help="images (rows) drawn from a dataset")
+    p.add_argument("--columns", type=int, default=11, help="severities shown, 0 and T included")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the random state (mask, snow, ...)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize to this size (an image file: centre square, default at most 128 px)")
+    p.add_argument("--out", default="ladder.png", help="where to write the PNG")
+
+
+def _ladder_images(source: str, n: int, seed: int, image_size: int | None):
+    """(B, C, H, W) images in [-1, 1]: one image file, or ``n`` images of a dataset."""
+    import torch
+
+    from .data import IMAGE_EXTENSIONS, load_dataset
+    from .data.base import check_image_size, resize_images
+
+    check_image_size(image_size)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    path = Path(source).expanduser()
+    if path.suffix.lower() in IMAGE_EXTENSIONS and not path.exists():
+        raise FileNotFoundError(f"image {path} does not exist")
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        import numpy as np
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+        except OSError as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        pixels = np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.float32)
+        x = torch.from_numpy(pixels) / 127.5 - 1.0
+        x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
+        return resize_images(x, image_size or min(side, 128)) if (image_size or side > 128) else x
+    if source.strip().lower() == "photos":
+        from .processes.cold.fade import load_source
+
+        x = load_source("photos")
+        x = resize_images(x, image_size) if image_size else x
+    else:
+        data = load_dataset(source, image_size=image_size)
+        if data.x.ndim != 4:
+            raise ValueError(f"{source} holds {data.x.shape[1]}-D points, not images; degrade draws images")
+        x = data.x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def cmd_degrade(args) -> int:
+    import torch
+
+    from .processes.cold import degradation_from_config, make_degradation
+    from .viz import save_labelled_grid
+
+    deg = make_degradation(args.process)
+    if args.steps is not None:
+        deg = degradation_from_config({**deg.config(), "num_steps": args.steps})
+    if args.columns < 2:
+        raise ValueError(f"--columns must be at least 2 (t = 0 and T), got {args.columns}")
+    x = _ladder_images(args.source, args.n, args.seed, args.image_size)
+    with torch.no_grad():
+        ts, frames = deg.ladder(x, args.columns, generator=torch.Generator().manual_seed(args.seed))
+    path = save_labelled_grid([frames[:, i] for i in range(len(x))], args.out, col_labels=[str(t) for t in ts])
+    print(f"{deg.name} (T = {deg.num_steps}): {len(x)} images x {len(ts)} severities -> {path}")
     return 0
 
 
@@ -264,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_eval(sub)
     _add_samplers(sub)
     add_classifier_cli(sub)
+    _add_degrade(sub)
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "samplers": cmd_samplers,
-                "train-classifier": cmd_train_classifier}
+                "train-classifier": cmd_train_classifier, "degrade": cmd_degrade}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, UnavailableError) as e:

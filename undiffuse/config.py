@@ -1,6 +1,18 @@
 """One dataclass configures a training run; named presets fill it in.
 
 The config is saved as JSON in the run directory and compared on ``--resume``.
+
+``process`` is a Gaussian forward process ("ddpm:cosine:1000", "vp", "ve", "edm") or a cold
+degradation of Bansal et al. 2022 ("blur", "mask", "pixelate", "desaturate", "snow", "fade",
+"gaussian", with settings as in "blur:T=20:sigma=7"; ``undiffuse.processes.cold``). A cold run
+trains a restoration network ``R(x_t, t) -> x0`` with the L1 loss by default, through the same
+Trainer. Two fields default by process (``resolved`` fills them in, and the run saves the result):
+``loss`` (l2 Gaussian, l1 cold) and ``sampler`` (ddim Gaussian, improved cold). The settings of
+Gaussian diffusion that a cold run has no use for (``GAUSSIAN_ONLY``: prediction, weighting,
+snr_gamma, learn_variance) must keep their default values for a cold process, or the config is
+refused with an error naming them (prediction "x0" and weighting "uniform" are accepted too: they
+say what a cold run does, and ``resolved`` sets them so); ``clip_x0`` is not used by cold runs.
+``residual`` is cold-only.
 """
 from __future__ import annotations
 
@@ -9,6 +21,13 @@ from dataclasses import dataclass, fields, replace
 from .denoiser import PARAMETERIZATIONS
 from .distributed import DEVICES
 from .losses import LOSSES, WEIGHTINGS
+from .processes import is_cold
+from .processes.cold import make_degradation
+from .samplers.cold import COLD_SAMPLERS
+
+#: Gaussian-only settings and the values a cold process accepts for them (the defaults first).
+GAUSSIAN_ONLY: dict[str, tuple] = {"prediction": ("v", "x0"), "weighting": ("min_snr", "uniform"),
+                                   "snr_gamma": (5.0,), "learn_variance": (False,)}
 
 
 @dataclass
@@ -25,9 +44,10 @@ class TrainConfig:
     class_conditional: bool = True
     label_dropout: float = 0.1
     learn_variance: bool = False
+    residual: bool = False  # cold processes only: the network predicts x0 - x_t (official --residual)
     clip_x0: float | None = 1.0  # images only: clamp x0_hat to the data range while sampling
     # objective
-    loss: str = "l2"
+    loss: str | None = None  # None: l2 for Gaussian processes, l1 (the paper's) for cold ones
     weighting: str = "min_snr"
     snr_gamma: float = 5.0
     # optimisation
@@ -52,14 +72,14 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_every: int = 500
     num_samples: int = 100
-    sampler: str = "ddim"
+    sampler: str | None = None  # None: ddim for Gaussian processes, improved for cold ones
     sample_steps: int = 50
     guidance: float = 2.0  # classifier-free guidance scale for the grids (conditional models)
 
     def validate(self) -> None:
         checks = [
             (self.prediction in PARAMETERIZATIONS, f"prediction must be one of {PARAMETERIZATIONS}"),
-            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.loss is None or self.loss in LOSSES, f"loss must be one of {LOSSES}"),
             (self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}"),
             (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
             (self.steps >= 1, "steps must be >= 1"),
@@ -75,6 +95,46 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid training config: {message}")
+        if is_cold(self.process):
+            self._validate_cold()
+        elif self.sampler in COLD_SAMPLERS:
+            raise ValueError(f"invalid training config: sampler {self.sampler!r} is a cold-diffusion "
+                             f"sampler, but process {self.process!r} is Gaussian; use ddim, ddpm, ... "
+                             "(`undiffuse samplers`) or a cold process (blur, mask, ...)")
+        if self.residual and not is_cold(self.process):
+            raise ValueError("invalid training config: residual applies to cold processes only "
+                             "(Gaussian runs choose what the network predicts with prediction)")
+
+    def _validate_cold(self) -> None:
+        try:
+            deg = make_degradation(self.process)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"invalid training config: process {self.process!r}: {e}") from None
+        wrong = [f"{k}={getattr(self, k)!r}" for k, ok in GAUSSIAN_ONLY.items() if getattr(self, k) not in ok]
+        if wrong:
+            raise ValueError(f"invalid training config: {', '.join(wrong)} applies to Gaussian diffusion "
+                             f"only; the cold process {deg.name!r} trains a restorer R(x_t, t) -> x0 "
+                             "with an L1 or L2 loss (--loss), uniform over t (--residual makes it "
+                             "predict x0 - x_t); drop those settings")
+        if self.sampler is not None and self.sampler not in COLD_SAMPLERS:
+            raise ValueError(f"invalid training config: sampler {self.sampler!r} is for Gaussian "
+                             f"diffusion; the cold process {deg.name!r} samples with "
+                             f"{', '.join(COLD_SAMPLERS)}")
+
+    @property
+    def cold(self) -> bool:
+        """Whether ``process`` is a cold degradation (not a Gaussian process)."""
+        return is_cold(self.process)
+
+    def resolved(self) -> "TrainConfig":
+        """This config checked, with the process-dependent defaults filled in: loss l2 / l1 and
+        sampler ddim / improved for a Gaussian / cold process; a cold one also records what it
+        does, prediction "x0" and weighting "uniform". Trainers run (and save) this."""
+        self.validate()
+        if not self.cold:
+            return replace(self, loss=self.loss or "l2", sampler=self.sampler or "ddim")
+        return replace(self, loss=self.loss or "l1", sampler=self.sampler or "improved",
+                       prediction="x0", weighting="uniform")
 
     def updated(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in fields(self)}

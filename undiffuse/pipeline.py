@@ -1,4 +1,8 @@
-"""The notebook-facing API: ``undiffuse.train(config)`` and ``undiffuse.load(run_dir).sample(...)``."""
+"""The notebook-facing API: ``undiffuse.train(config)`` and ``undiffuse.load(run_dir).sample(...)``.
+
+A run whose process is a cold degradation (``--process blur``, ...) loads as a ``ColdPipeline``
+(``undiffuse.cold_pipeline``): the same ``sample`` with the cold samplers, plus ``restore``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +16,9 @@ from .config import TrainConfig
 from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .nets import build_net
-from .processes import from_config
+from .processes import from_config, is_cold
 from .samplers import get_sampler, timesteps
+from .samplers.cold import COLD_SAMPLERS
 # Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
 # package attribute `undiffuse.train` to that module, which must happen before undiffuse/__init__
 # binds the name to the train() function below, or `undiffuse.train(...)` stops being callable.
@@ -57,6 +62,10 @@ class Pipeline:
         Returns a tensor in the data range, or a SampleResult with the intermediate x_t and
         predicted x0 when ``trajectory=True``.
         """
+        if sampler in COLD_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} is a cold-diffusion sampler, but this run's process is "
+                             f"Gaussian ({self.process.config()['type']}); choose ddim, ddpm, ... "
+                             "(`undiffuse samplers` lists them)")
         info = get_sampler(sampler)
         gen = torch.Generator().manual_seed(seed)
         ts = timesteps(self.process, steps, spacing or info.spacing)
@@ -143,7 +152,8 @@ class _NullClass:
 
 
 def load(run_dir: str | Path, weights: str = "ema") -> Pipeline:
-    """Load a run directory written by ``undiffuse train`` (EMA weights by default)."""
+    """Load a run directory written by ``undiffuse train`` (EMA weights by default): a Pipeline,
+    or a ColdPipeline for a cold run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with "
@@ -152,13 +162,17 @@ def load(run_dir: str | Path, weights: str = "ema") -> Pipeline:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet (checkpoints/latest is missing)")
+    if weights not in ("ema", "model"):
+        raise ValueError("weights must be 'ema' or 'model'")
+    if is_cold(cfg["process"]):
+        from .cold_pipeline import load_cold
+
+        return load_cold(run_dir, cfg, ckpt, weights)
     net = build_net(cfg["net"])
     den = cfg["denoiser"]
     denoiser = Denoiser(net, from_config(cfg["process"]), den["prediction"],
                         sigma_data=den["sigma_data"], learn_variance=den["learn_variance"],
                         clip_x0=den["clip_x0"])
-    if weights not in ("ema", "model"):
-        raise ValueError("weights must be 'ema' or 'model'")
     denoiser.load_state_dict(load_weights(ckpt / f"{weights}.safetensors"))
     data = cfg["data"]
     return Pipeline(denoiser, data["shape"], data["num_classes"], data.get("class_names"), run_dir)

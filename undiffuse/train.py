@@ -20,6 +20,11 @@ DistributedDataParallel, arranged so the result does not depend on N:
 
 Network dropout is the exception: each process drops units of its own share with its own RNG
 (see ``Trainer.train_step``), so with dropout a run is reproducible for a given N, not across N.
+
+A cold process (``--process blur``, ...; Bansal et al. 2022) trains a restorer ``R(x_t, t) -> x0``
+through this same loop: the generator then draws the label dropout, the severities t and the
+degradation's state (mask centres, snow, ...) of the whole global batch, in that order, and the
+loss is ``cold_loss``; ``undiffuse.train_cold`` holds the rest (its prior, its grids).
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ from .denoiser import Denoiser
 from .losses import diffusion_loss
 from .nets import build_net, net_config
 from .processes import make_process
+from .processes.cold import cold_loss
+from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
 
 
 #: Settings a resumed run may change: when to stop and what to write, never the maths.
@@ -109,8 +116,9 @@ class Trainer:
     """Owns the model, EMA, optimizer and RNG for one run directory."""
 
     def __init__(self, cfg: TrainConfig, data: TensorData | None = None):
-        cfg.validate()
-        self.cfg = cfg
+        # Checked, with the process-dependent defaults (loss, sampler) filled in: what the run saves.
+        self.cfg = cfg = cfg.resolved()
+        self.cold = cfg.cold  # a cold degradation: the model is a ColdRestorer, not a Denoiser
         self.run_dir = Path(cfg.out)
         self.device = distributed.resolve_device(cfg.device)
         world = distributed.world_size()
@@ -126,7 +134,10 @@ class Trainer:
                     cfg.data, image_size=cfg.image_size, channels=cfg.channels,
                     on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders)
         self.data = data
-        self.denoiser = build_denoiser(cfg, self.data).to(self.device)
+        build = build_restorer if self.cold else build_denoiser
+        self.denoiser = build(cfg, self.data).to(self.device)
+        self.process = self.denoiser.degradation if self.cold else self.denoiser.process
+        self.prior = None  # a cold run's generation prior, fitted by fit() on rank 0
         self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
@@ -149,7 +160,8 @@ class Trainer:
 
     def run_config(self) -> dict:
         return {"train": asdict(self.cfg), "net": net_config(self.denoiser.net),
-                "process": self.denoiser.process.config(), "denoiser": self.denoiser.config(),
+                "process": self.process.config(),
+                "denoiser": restorer_config(self.denoiser) if self.cold else self.denoiser.config(),
                 "data": {"name": self.data.name, "shape": list(self.data.x.shape[1:]),
                          "num_classes": self.num_classes,
                          "class_names": self.data.class_names}}
@@ -173,9 +185,11 @@ class Trainer:
         if ckpt is None:
             return False
         saved = read_json(self.run_dir / "config.json")["train"]
-        # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists.
+        # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists. A field
+        # that an older run's config lacks counts as having its default value.
         current = json.loads(json.dumps(asdict(self.cfg)))
-        changed = {k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]}
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        changed = {k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]}
         if changed:
             raise ValueError(f"cannot resume {self.run_dir}: settings differ from the saved run "
                              f"({', '.join(sorted(changed))}); use the same settings or a new --out")
@@ -199,11 +213,16 @@ class Trainer:
         cfg, data, dev, b = self.cfg, self.data, self.device, self.cfg.batch_size
         idx = batch_indices(len(data), b, cfg.seed, self.step)
         # The random numbers of the whole global batch, in the single-process order (label
-        # dropout, t, noise), on every process; each keeps its share. Drawing only a share would
-        # leave the generator in a state that depends on the number of processes.
+        # dropout, t, noise; a cold run: label dropout, t, the degradation's state), on every
+        # process; each keeps its share. Drawing only a share would leave the generator in a
+        # state that depends on the number of processes.
         labels = self._labels(idx)
-        t = self.denoiser.process.sample_t(b, self.gen)
-        noise = torch.randn((b, *data.x.shape[1:]), generator=self.gen, dtype=data.x.dtype)
+        shape = (b, *data.x.shape[1:])
+        t = self.process.sample_t(b, self.gen)
+        if self.cold:  # the degradation's random state (None for deterministic ones) instead of noise
+            state = self.process.sample_state(shape, self.gen, dtype=data.x.dtype)
+        else:
+            noise = torch.randn(shape, generator=self.gen, dtype=data.x.dtype)
         mine = distributed.shard(b)  # everything with one process
         x0 = data.x[idx[mine]].to(dev)
         if x0.ndim == 4 and cfg.channels_last:
@@ -218,10 +237,20 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = diffusion_loss(self.denoiser, x0, cond, loss=cfg.loss, weighting=cfg.weighting,
-                                  snr_gamma=cfg.snr_gamma, t=t[mine].to(dev),
-                                  noise=noise[mine].to(dev), forward=self.model).mean()
+        if self.cold:
+            state = None if state is None else {k: v[mine].to(dev) for k, v in state.items()}
+
+            def restore(x, t, cond=None):  # autocast around the network only: D runs in float32
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    return self.model(x, t, cond)
+
+            loss = cold_loss(restore, self.process, x0, t=t[mine].to(dev), state=state, cond=cond,
+                             loss=cfg.loss).mean()
+        else:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = diffusion_loss(self.denoiser, x0, cond, loss=cfg.loss, weighting=cfg.weighting,
+                                      snr_gamma=cfg.snr_gamma, t=t[mine].to(dev),
+                                      noise=noise[mine].to(dev), forward=self.model).mean()
         # The global mean: it is what gets logged, and every process must reach the same verdict
         # (one that stopped alone would leave the others waiting in backward's all-reduce).
         global_loss = distributed.all_reduce_mean(loss.detach())
@@ -254,6 +283,8 @@ class Trainer:
         main = distributed.is_main()
         if main:
             write_json(self.run_dir / "config.json", self.run_config())
+            if self.cold:  # the start of generation: a mixture over fully degraded training images
+                self.prior = prepare_prior(self.run_dir, self.process, self.data.x, cfg.seed)
             if distributed.is_distributed():
                 w = distributed.world_size()
                 print(f"DDP: {w} processes ({distributed.backend()}, {self.device.type}), "
@@ -308,12 +339,19 @@ class Trainer:
 
         # Pipeline samples on the CPU: give it a CPU copy of a GPU-trained EMA.
         ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
-        return Pipeline(ema, tuple(self.data.x.shape[1:]), self.num_classes,
-                        self.data.class_names, self.run_dir)
+        args = (ema, tuple(self.data.x.shape[1:]), self.num_classes, self.data.class_names, self.run_dir)
+        if self.cold:
+            from .cold_pipeline import ColdPipeline
+
+            return ColdPipeline(*args, prior=self.prior)
+        return Pipeline(*args)
 
     def write_samples(self, tag: str) -> Path:
         """A grid of EMA samples (one column per class for conditional models) under samples/."""
         from .viz import plot_points, save_grid
+
+        if self.cold:
+            return write_cold_samples(self, tag)
 
         cfg, pipe = self.cfg, self.pipeline()
         n = cfg.num_samples

@@ -71,6 +71,29 @@ def save_trajectory(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], path: str 
     return _save_image(np.asarray(canvas), path)
 
 
+def save_labelled_grid(rows: Sequence[Tensor], path: str | Path, row_labels: Sequence[str] | None = None,
+                       col_labels: Sequence[str] | None = None, *, upscale: int | None = None,
+                       padding: int = 2) -> Path:
+    """Save rows of images side by side: ``rows[r]`` is a (K, C, H, W) batch shown as row r (every row
+    K images), named on the left by ``row_labels[r]`` and, above each column, by ``col_labels``
+    (a cold degradation's ladder: one row per image, one column per severity t; a restoration strip:
+    one row per stage). Tiles are enlarged as for trajectories, so the labels fit."""
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise ValueError(f"need a non-empty list of equally long rows, got lengths {[len(r) for r in rows]}")
+    k = len(rows[0])
+    if (row_labels is not None and len(row_labels) != len(rows)) or (col_labels is not None and len(col_labels) != k):
+        raise ValueError(f"{len(rows)} rows of {k} images need as many row and column labels")
+    images = torch.cat([torch.as_tensor(r) for r in rows])
+    _check_images(images)
+    height, width = images.shape[-2:]
+    up = upscale or max(_auto_upscale(k, width, padding), math.ceil(MIN_TRAJECTORY_TILE / width))
+    grid = Image.fromarray(_squeeze(_grid(images, k, padding, up, WHITE)))
+    pitch = (height * up + padding, width * up + padding)
+    labels = list(row_labels) if row_labels is not None else [""] * len(rows)
+    canvas = _label(grid, labels, None if col_labels is None else list(col_labels), pitch, padding)
+    return _save_image(np.asarray(canvas), path)
+
+
 def plot_loss_curve(log: str | Path | Sequence[dict[str, Any]], path: str | Path, ema: float | None = None,
                     title: str | None = None) -> Path:
     """Plot training loss against step, raw and EMA-smoothed (bias-corrected), on a log y axis.

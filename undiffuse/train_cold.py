@@ -1,0 +1,139 @@
+"""Cold Diffusion runs (Bansal et al. 2022) in the shared Trainer: the restorer, its prior, its grids.
+
+``undiffuse train --process blur`` (or mask, pixelate, desaturate, snow, fade, gaussian, with
+settings as in "blur:T=20:sigma=7") trains a restoration network ``R(x_t, t) -> x0`` through the
+same ``Trainer`` as Gaussian runs: run directory, checkpoints, EMA, resume and DDP are shared, and
+``Trainer.train_step`` draws, for the whole global batch and in this order, the label dropout,
+``t = degradation.sample_t(b, gen)`` and ``state = degradation.sample_state((b, C, H, W), gen)``, and
+keeps its share (see ``undiffuse.train``). The loss is ``processes.cold.cold_loss`` (L1 by default).
+
+What this module adds:
+
+* ``build_restorer``: the network sized to the data, wrapped in ``ColdRestorer`` (saved config
+  ``{"prediction": "x0", "residual": ...}``);
+* the generation prior: at the start of training rank 0 fits a one-component
+  ``GaussianMixturePrior`` to ``degradation.summarize(D(x0, T))`` of the training images (at most
+  ``MAX_PRIOR_IMAGES`` of them) and writes it atomically to ``RUN/cold_prior.json``, unless the
+  degradation knows its own end state (gaussian, fade). A mixture with full covariances over more
+  than ``MAX_PRIOR_FEATURES`` features (every pixel of a 32 x 32 colour image, say) would take
+  hundreds of megabytes of JSON, so then no prior is written (with a warning): such a run restores
+  but does not generate;
+* ``write_cold_samples``: the grids. ``samples/TAG.png`` holds generated images (prior start plus
+  ``cfg.sampler``, Algorithm 2 by default) and ``samples/TAG-restore.png`` a restoration strip
+  (clean images, ``D(x0, T)``, then Algorithms 1 and 2 and the direct restoration); without a prior
+  ``samples/TAG.png`` is the strip.
+
+Randomness: the prior fit and the grids use private generators seeded with ``cfg.seed``, never
+``Trainer.gen`` nor torch's global RNG, so a run resumed on CPU stays bitwise equal to one that never
+stopped.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_text
+from .data import TensorData
+from .nets import build_net
+from .processes.cold import ColdRestorer, Degradation, make_degradation
+from .samplers.cold import GaussianMixturePrior
+
+PRIOR_FILE = "cold_prior.json"
+#: The most features (``degradation.summarize`` of one image) a generation prior is fitted to.
+MAX_PRIOR_FEATURES = 1024
+#: The most training images the prior is fitted to (a seeded random subset beyond that).
+MAX_PRIOR_IMAGES = 10_000
+
+
+def build_restorer(cfg, data: TensorData) -> ColdRestorer:
+    """The configured network sized to the images, as the restoration operator of ``cfg.process``."""
+    if data.x.ndim != 4:
+        raise ValueError(f"the cold process {cfg.process!r} degrades images, but {data.name} holds "
+                         f"{data.x.shape[1]}-D points; train it on mnist, digits or an image folder")
+    num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None) else None
+    c, size = data.x.shape[1], data.x.shape[-1]
+    net = build_net(cfg.net, in_channels=c, out_channels=c, image_size=size, num_classes=num_classes)
+    return ColdRestorer(net, make_degradation(cfg.process), residual=cfg.residual)
+
+
+def restorer_config(restorer: ColdRestorer) -> dict:
+    """The run's "denoiser" entry for a cold run: what the network predicts."""
+    return {"prediction": "x0", "residual": bool(restorer.residual)}
+
+
+def has_own_prior(degradation: Degradation, shape: tuple[int, ...]) -> bool:
+    """Whether the degradation draws fully degraded images itself (gaussian, fade)."""
+    return degradation.prior((1, *shape)) is not None
+
+
+def fit_prior(degradation: Degradation, x: torch.Tensor, seed: int = 0) -> GaussianMixturePrior | None:
+    """A one-component Gaussian mixture over the fully degraded ``x`` (see the module docstring);
+    None when the degradation has its own prior or the features are too many."""
+    if has_own_prior(degradation, tuple(x.shape[1:])):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    if len(x) > MAX_PRIOR_IMAGES:
+        x = x[torch.randperm(len(x), generator=gen)[:MAX_PRIOR_IMAGES]]
+    with torch.no_grad():
+        d = degradation.summarize(degradation(x[:1], degradation.num_steps, generator=gen)).shape[1]
+    if d > MAX_PRIOR_FEATURES:
+        warnings.warn(f"{degradation.name}: the fully degraded images have {d} features, more than the "
+                      f"{MAX_PRIOR_FEATURES} a generation prior is fitted to; this run restores images "
+                      "but does not generate them", stacklevel=2)
+        return None
+    return GaussianMixturePrior.fit(degradation, x, n_components=1, seed=seed,
+                                    generator=torch.Generator().manual_seed(seed))
+
+
+def write_prior(run_dir: Path, prior: GaussianMixturePrior) -> Path:
+    path = Path(run_dir) / PRIOR_FILE
+    atomic_write_text(path, prior.to_json())
+    return path
+
+
+def read_prior(run_dir: Path) -> GaussianMixturePrior | None:
+    """The run's generation prior, or None when it has none."""
+    path = Path(run_dir) / PRIOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        return GaussianMixturePrior.from_json(path.read_text())
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete it and resume training to refit it") from None
+
+
+def prepare_prior(run_dir: Path, degradation: Degradation, x: torch.Tensor,
+                  seed: int = 0) -> GaussianMixturePrior | None:
+    """Fit the prior (deterministic: the same data and seed give the same prior, also on resume)
+    and write it; remove a stale one when this run has none."""
+    prior = fit_prior(degradation, x, seed)
+    if prior is not None:
+        write_prior(run_dir, prior)
+    else:
+        (Path(run_dir) / PRIOR_FILE).unlink(missing_ok=True)
+    return prior
+
+
+def strip_images(data: TensorData, k: int = 8, seed: int = 0) -> torch.Tensor:
+    """``k`` training images, the same at every grid (a seeded choice)."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:k]
+    return data.x[idx]
+
+
+def write_cold_samples(trainer, tag: str) -> Path:
+    """The grids of a cold run (see the module docstring); returns the main picture."""
+    from .viz import save_grid
+
+    cfg, pipe = trainer.cfg, trainer.pipeline()
+    folder = trainer.run_dir / "samples"
+    images = strip_images(trainer.data, seed=cfg.seed)
+    if not pipe.can_generate:
+        return pipe.save_restorations(images, folder / f"{tag}.png", seed=cfg.seed)
+    pipe.save_restorations(images, folder / f"{tag}-restore.png", seed=cfg.seed)
+    n, k = cfg.num_samples, trainer.num_classes
+    labels = None if k is None else torch.arange(n) % k
+    x = pipe.sample(n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed, class_labels=labels,
+                    guidance=cfg.guidance if labels is not None else 1.0)
+    return save_grid(x, folder / f"{tag}.png", nrow=k or None)
