@@ -266,3 +266,8 @@ def test_cold_samplers_on_a_gaussian_run_and_bad_ladders_are_clear_errors(tmp_pa
                           (["digits", "--process", "mask", "--columns", "1"], ["--columns"])]:
         code = main(["degrade", *args, "--out", str(tmp_path / "l.png")])
         assert_clean_error(code, capsys.readouterr().err, *needles)
+
+
+def test_train_classifier_refuses_a_cold_run(cold_runs, capsys):
+    code = main(["train-classifier", "--run", str(cold_runs["blur"]), "--steps", "1"])
+    assert_clean_error(code, capsys.readouterr().err, "cold-diffusion run", "Gaussian")

@@ -29,6 +29,7 @@ from .checkpoint import read_json, write_json
 from .data import TensorData, load_dataset
 from .nets.embeddings import TimeEmbedding, batch_noise_labels
 from .nets.unet import Downsample, UNetBlock, group_norm, zero_init
+from .processes import is_cold
 from .processes.gaussian import GaussianProcess, bcast, make_process
 
 __all__ = ["NoisyClassifier", "TimeClassifier", "train_classifier", "save_classifier", "load_classifier",
@@ -261,6 +262,9 @@ def train_run_classifier(run_dir: str | Path, steps: int = 2000, batch_size: int
     """Train a classifier on the data and process of a run (``RUN/config.json``) into ``RUN/classifier``."""
     run = Path(run_dir)
     cfg = read_json(run / "config.json")
+    if is_cold(cfg["process"]):
+        raise ValueError(f"{run} is a cold-diffusion run ({cfg['process']['type']}): classifier guidance "
+                         "steers Gaussian diffusion models only")
     tcfg = cfg["train"]
     data = load_dataset(tcfg["data"], image_size=tcfg.get("image_size"), channels=tcfg.get("channels"),
                         on_bad_image=tcfg.get("on_bad_image", "error"),
