@@ -18,6 +18,8 @@ from PIL import Image
 
 from undiffuse.cli import main
 
+from helpers_cli import assert_clean_error, assert_png
+
 TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "2"]
 
@@ -28,21 +30,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def assert_png(path: Path) -> tuple[int, int]:
-    assert path.is_file(), path
-    with Image.open(path) as img:
-        assert img.format == "PNG"
-        img.load()
-        return img.size
 
 
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    """Exit code 2, one `error:` line naming what is wrong, and no traceback."""
-    assert code == 2, err
-    assert err.strip().splitlines()[-1].startswith("error: "), err
-    assert "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 @pytest.fixture(scope="module")

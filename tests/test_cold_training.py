@@ -30,26 +30,16 @@ from undiffuse.processes.cold import DEGRADATIONS, make_degradation
 from undiffuse.samplers.cold import GaussianMixturePrior
 from undiffuse.train import Trainer
 
+from helpers_cli import assert_clean_error, assert_png
+
 TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "3", "--no-bf16"]
 #: Small T, so sampling a tiny run takes a fraction of a second.
 SPECS = {"blur": "blur:T=5:k=3:sigma=1", "mask": "mask:T=8:fill=random", "pixelate": "pixelate:T=3"}
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    assert path.is_file(), path
-    with Image.open(path) as img:
-        assert img.format == "PNG"
-        img.load()
-        return img.size
 
 
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert err.strip().splitlines()[-1].startswith("error: "), err
-    assert "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +74,19 @@ def test_cli_trains_a_cold_run_and_samples_it(cold_runs, tmp_path, capsys, name)
     prior = GaussianMixturePrior.from_json((run / "cold_prior.json").read_text())
     assert prior.degradation == config["process"] and prior.shape == (1, 8, 8)
     for picture in ("final.png", "final-restore.png", "trajectory.png", "loss.png"):
-        width, height = png_size(run / "samples" / picture)
+        width, height = assert_png(run / "samples" / picture)
         assert width > 32 and height > 32, picture
 
     assert main(["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "grid.png"),
                  "--trajectory", str(tmp_path / "traj.png")]) == 0
     out = capsys.readouterr().out
     assert "4 samples" in out and "traj.png" in out
-    png_size(tmp_path / "grid.png")
-    png_size(tmp_path / "traj.png")
+    assert_png(tmp_path / "grid.png")
+    assert_png(tmp_path / "traj.png")
     for sampler in ("naive", "direct"):
         assert main(["sample", "--run", str(run), "--n", "3", "--sampler", sampler, "--steps", "2",
                      "--class", "4", "--option", "noise_std=0.01", "--out", str(tmp_path / f"{sampler}.png")]) == 0
-        png_size(tmp_path / f"{sampler}.png")
+        assert_png(tmp_path / f"{sampler}.png")
 
 
 def test_load_gives_a_cold_pipeline_that_samples_and_restores(cold_runs, digits):
@@ -142,7 +132,7 @@ def test_degrade_draws_the_ladder_of_every_process(tmp_path, capsys, name):
     out = tmp_path / f"{name}.png"
     assert main(["degrade", "digits", "--process", name, "--n", "2", "--columns", "4", "--out", str(out)]) == 0
     assert "2 images x 4 severities" in capsys.readouterr().out
-    width, height = png_size(out)
+    width, height = assert_png(out)
     assert width > height > 48
 
 
@@ -154,7 +144,7 @@ def test_degrade_reads_colour_images_and_files(tmp_path):
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
     assert main(["degrade", str(tmp_path / "red.png"), "--process", "desaturate", "--steps", "4",
                  "--out", str(tmp_path / "gray.png")]) == 0
-    png_size(tmp_path / "gray.png")
+    assert_png(tmp_path / "gray.png")
 
 
 # --- a tiny blur restorer learns --------------------------------------------------------------------
