@@ -184,6 +184,37 @@ class Degradation:
     __hash__ = object.__hash__
 
 
+class SeparableDegradation(Degradation):
+    """A degradation that is a linear map per image axis: D(x0, t) = A_t(H) x0 A_t(W)^T.
+
+    Subclasses build the (T + 1, n, n) float64 stack A_0 .. A_T for an axis of length n in
+    ``axis_matrices``; it is cached per length (and per device and dtype when applied), so any
+    severity costs two small matrix products, whatever t."""
+
+    def __init__(self, num_steps: int, seed: int = 0):
+        super().__init__(num_steps, seed)
+        self._cache: dict[tuple, Tensor] = {}
+
+    def axis_matrices(self, n: int) -> Tensor:
+        raise NotImplementedError
+
+    def matrices(self, n: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float64) -> Tensor:
+        """A_0 .. A_T for an axis of length n, built once in float64 and cached per device and dtype."""
+        exact = (n, "cpu", torch.float64)
+        if exact not in self._cache:
+            self._cache[exact] = self.axis_matrices(n)
+        key = (n, str(torch.device(device)), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._cache[exact].to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:
+        ah = self.matrices(x0.shape[-2], x0.device, x0.dtype)[t]  # (B, H, H)
+        aw = self.matrices(x0.shape[-1], x0.device, x0.dtype)[t]  # (B, W, W)
+        return torch.einsum("bij,bcjk,blk->bcil", ah, x0, aw)
+
+
 class ColdRestorer(nn.Module):
     """A network as the restoration operator ``R(x_t, t) -> x0_hat`` of Bansal et al. 2022 (sec. 3).
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Degradation, State
+from .base import SeparableDegradation
 
 SCHEDULES = ("constant", "linear", "exponential")
 PADDINGS = ("circular", "reflect")
@@ -74,7 +74,7 @@ def conv_matrix(kernel: Tensor, n: int, padding: str) -> Tensor:
     return m
 
 
-class Blur(Degradation):
+class Blur(SeparableDegradation):
     """t successive Gaussian blurs (see the module docstring for the paper's settings).
 
     Args:
@@ -104,7 +104,6 @@ class Blur(Degradation):
         self.padding, self.mean_at_end = padding, bool(mean_at_end)
         if min(self.sigmas()) <= 0:
             raise ValueError(f"blur: every step needs sigma > 0, got {self.sigmas()}")
-        self._cache: dict[tuple, Tensor] = {}
 
     def settings(self) -> dict:
         return {"num_steps": self.num_steps, "kernel_size": self.kernel_size, "sigma": self.sigma,
@@ -122,29 +121,15 @@ class Blur(Degradation):
             s = self.sigma * torch.exp((0.01 if self.growth is None else self.growth) * i)
         return s.tolist()
 
-    def matrices(self, n: int) -> Tensor:
+    def axis_matrices(self, n: int) -> Tensor:
         """A_0 .. A_T for one axis of length n: (T + 1, n, n) float64, A_0 = I."""
-        key = ("A", n)
-        if key not in self._cache:
-            mats = [torch.eye(n, dtype=torch.float64)]
-            for s in self.sigmas():
-                c = conv_matrix(gaussian_kernel1d(self.kernel_size, s), n, self.padding)
-                mats.append(c @ mats[-1])
-            if self.mean_at_end:
-                mats[-1] = torch.full((n, n), 1.0 / n, dtype=torch.float64)
-            self._cache[key] = torch.stack(mats)
-        return self._cache[key]
-
-    def _mats(self, n: int, x: Tensor) -> Tensor:
-        key = ("A", n, x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.matrices(n).to(device=x.device, dtype=x.dtype)
-        return self._cache[key]
-
-    def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:
-        ah = self._mats(x0.shape[-2], x0)[t]  # (B, H, H)
-        aw = self._mats(x0.shape[-1], x0)[t]  # (B, W, W)
-        return torch.einsum("bij,bcjk,blk->bcil", ah, x0, aw)
+        mats = [torch.eye(n, dtype=torch.float64)]
+        for s in self.sigmas():
+            c = conv_matrix(gaussian_kernel1d(self.kernel_size, s), n, self.padding)
+            mats.append(c @ mats[-1])
+        if self.mean_at_end:
+            mats[-1] = torch.full((n, n), 1.0 / n, dtype=torch.float64)
+        return torch.stack(mats)
 
     def mean_residual(self, height: int, width: int) -> float:
         """The factor f with ``||D(x, T) - m(x)|| <= f ||x - m(x)||`` per channel, m(x) the channel

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Degradation, State
+from .base import SeparableDegradation
 
 
 def block_matrices(n: int, t: int) -> tuple[Tensor, Tensor]:
@@ -31,39 +31,24 @@ def block_matrices(n: int, t: int) -> tuple[Tensor, Tensor]:
     return average, repeat
 
 
-class Pixelate(Degradation):
+class Pixelate(SeparableDegradation):
     """Block averaging by 2^t (see the module docstring). Args: num_steps T (paper MNIST/CIFAR: 3)."""
 
     name = "pixelate"
 
     def __init__(self, num_steps: int = 3):
         super().__init__(num_steps)
-        self._cache: dict[tuple, Tensor] = {}
 
     def settings(self) -> dict:
         return {"num_steps": self.num_steps}
 
-    def matrices(self, n: int) -> Tensor:
+    def axis_matrices(self, n: int) -> Tensor:
         """P_0 .. P_T for an axis of length n: (T + 1, n, n) float64, P_0 = I."""
-        key = ("P", n)
-        if key not in self._cache:
-            mats = []
-            for t in range(self.num_steps + 1):
-                avg, rep = block_matrices(n, t)
-                mats.append(rep @ avg)
-            self._cache[key] = torch.stack(mats)
-        return self._cache[key]
-
-    def _mats(self, n: int, x: Tensor) -> Tensor:
-        key = ("P", n, x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.matrices(n).to(device=x.device, dtype=x.dtype)
-        return self._cache[key]
-
-    def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:
-        ph = self._mats(x0.shape[-2], x0)[t]
-        pw = self._mats(x0.shape[-1], x0)[t]
-        return torch.einsum("bij,bcjk,blk->bcil", ph, x0, pw)
+        mats = []
+        for t in range(self.num_steps + 1):
+            avg, rep = block_matrices(n, t)
+            mats.append(rep @ avg)
+        return torch.stack(mats)
 
     def summarize(self, x_T: Tensor) -> Tensor:
         """The block means at t = T, (N, C * m_H * m_W)."""
