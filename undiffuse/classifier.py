@@ -13,8 +13,6 @@ A run directory keeps its classifier in ``RUN/classifier/`` (``model.safetensors
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import read_json, write_json
+from .checkpoint import atomic_write, read_json, write_json
 from .data import TensorData, load_dataset
 from .nets.embeddings import TimeEmbedding, batch_noise_labels
 from .nets.unet import Downsample, UNetBlock, group_norm, zero_init
@@ -208,18 +206,6 @@ def train_classifier(data: TensorData, process: GaussianProcess, *, steps: int =
     return clf
 
 
-def _atomic_save(state: dict[str, Tensor], path: Path) -> None:
-    """safetensors into a temporary file, then ``os.replace``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_classifier(clf: TimeClassifier, info: dict | None, directory: str | Path) -> Path:
     """Write ``model.safetensors`` then ``classifier.json`` (config, process, info) into ``directory``.
 
@@ -228,7 +214,7 @@ def save_classifier(clf: TimeClassifier, info: dict | None, directory: str | Pat
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in clf.net.state_dict().items()}
-    _atomic_save(state, d / "model.safetensors")
+    atomic_write(d / "model.safetensors", lambda tmp: save_file(state, tmp))
     write_json(d / "classifier.json", {"version": CLASSIFIER_VERSION, "config": clf.net.config,
                                        "process": clf.process.config(), "info": info or clf.info})
     return d

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
+
+from ..checkpoint import atomic_write
 
 __all__ = ["FeatureNet", "train_feature_net", "get_feature_net", "extract_features", "predict_labels",
            "save_feature_net", "load_feature_net", "FEATURE_NET_VERSION"]
@@ -165,18 +166,6 @@ def predict_labels(net: FeatureNet, x: Tensor, batch_size: int = 500) -> Tensor:
     return _batched(lambda b: net(b).argmax(dim=1), net, x, batch_size)
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write via ``write(tmp_path)`` then ``os.replace``, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_feature_net(net: FeatureNet, info: dict, directory: str | Path) -> None:
     """Cache ``net`` as ``model.safetensors`` and ``info.json`` (with the net's config) in ``directory``.
 
@@ -185,9 +174,9 @@ def save_feature_net(net: FeatureNet, info: dict, directory: str | Path) -> None
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(d / "model.safetensors", lambda p: save_file(state, p))
+    atomic_write(d / "model.safetensors", lambda p: save_file(state, p))
     meta = {**info, "config": net.config, "version": FEATURE_NET_VERSION}
-    _atomic_write(d / "info.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    atomic_write(d / "info.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
 
 
 def load_feature_net(directory: str | Path) -> tuple[FeatureNet, dict]:
