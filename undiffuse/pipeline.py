@@ -41,6 +41,7 @@ class Pipeline:
         self.denoiser = denoiser.eval()
         self.shape, self.num_classes, self.class_names = tuple(shape), num_classes, class_names
         self.run_dir = run_dir
+        self._classifier = None  # RUN/classifier, loaded on first use by classifier guidance
 
     @property
     def process(self):
@@ -98,7 +99,7 @@ class Pipeline:
 
     def classifier(self):
         """The run's noise-conditional classifier (``RUN/classifier``), loaded once."""
-        if getattr(self, "_classifier", None) is None:
+        if self._classifier is None:
             from .classifier import load_classifier
 
             path = None if self.run_dir is None else Path(self.run_dir) / "classifier"

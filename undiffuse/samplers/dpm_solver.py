@@ -38,7 +38,7 @@ def _weights(h: float, eta: float) -> tuple[float, float, float]:
 
 def _multistep(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond, generator, callback, *,
                order: int, eta: float, midpoint: bool) -> Tensor:
-    if not 0.0 <= eta:
+    if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     process = denoiser.process
     history: list[tuple[float, Tensor]] = []  # (lambda, x0_hat), newest first

@@ -78,10 +78,10 @@ def heun(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None =
         gamma = gamma_max if s_churn > 0 and s_tmin <= float(s_t) <= s_tmax else 0.0
         if gamma > 0:
             t = level_at(process, s_t * (1 + gamma))
-            s_hat = scaled(process, t)[1]
+            a_hat, s_hat = scaled(process, t)
             x_scaled = x_scaled + float((s_hat**2 - s_t**2).sqrt() * s_noise) * noise_like(x, generator)
-            s_t = s_hat
-        x_in = x_scaled * scaled(process, t)[0]
+            a_t, s_t = a_hat, s_hat
+        x_in = x_scaled * a_t
         pred = denoiser(x_in, t, cond)
         report(callback, i, t, x_in, pred)
         if float(t_next) == 0:
