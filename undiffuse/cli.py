@@ -17,7 +17,7 @@ from .metrics.inception import UnavailableError
 
 # Help for each TrainConfig field exposed as a flag (the field name with dashes).
 TRAIN_FLAGS: dict[str, str] = {
-    "data": "dataset: mnist, digits, toy2d[:swissroll|8gaussians|moons|checkerboard], or an image folder",
+    "data": "dataset: mnist, digits, photos, toy2d[:swissroll|8gaussians|moons|checkerboard], or an image folder",
     "image_size": "resize images to this size (mnist is padded 28->32 by default)",
     "channels": "image folders: 1 (grayscale) or 3 (RGB); default: from the images",
     "on_bad_image": "image folders: 'error' (default) or 'skip' unreadable images with a warning",

@@ -9,15 +9,15 @@ import difflib
 import os
 
 from .base import DataError, TensorData
-from .builtin import load_digits, load_mnist
+from .builtin import load_digits, load_mnist, load_photos
 from .folder import IMAGE_EXTENSIONS, find_images, load_folder
 from .toy2d import DEFAULT_VARIANT, VARIANTS as TOY2D_VARIANTS, load_toy2d
 
-__all__ = ["DataError", "TensorData", "load_dataset", "load_mnist", "load_digits", "load_toy2d", "load_folder",
+__all__ = ["DataError", "TensorData", "load_dataset", "load_mnist", "load_digits", "load_photos", "load_toy2d", "load_folder",
            "find_images", "IMAGE_EXTENSIONS", "TOY2D_VARIANTS", "DATASET_NAMES"]
 
-_BUILTIN = {"mnist": load_mnist, "digits": load_digits}
-DATASET_NAMES = ["mnist", "digits", "toy2d"] + [f"toy2d:{v}" for v in TOY2D_VARIANTS]
+_BUILTIN = {"mnist": load_mnist, "digits": load_digits, "photos": load_photos}
+DATASET_NAMES = ["mnist", "digits", "photos", "toy2d"] + [f"toy2d:{v}" for v in TOY2D_VARIANTS]
 DEFAULT_TOY2D_POINTS = 10000
 
 
@@ -26,7 +26,7 @@ def load_dataset(spec: str, *, image_size: int | None = None, channels: int | No
                  allow_upscale: bool = False) -> TensorData:
     """Load a dataset by name or path.
 
-    ``spec`` is ``mnist``, ``digits``, ``toy2d`` (the swiss roll) or ``toy2d:VARIANT`` with VARIANT one of
+    ``spec`` is ``mnist``, ``digits``, ``photos`` (colour patches of scikit-learn's sample photographs), ``toy2d`` (the swiss roll) or ``toy2d:VARIANT`` with VARIANT one of
     swissroll, 8gaussians, moons, checkerboard; or an image folder given as a path or ``folder:PATH``.
     ``n`` is the number of toy points (default 10000) and otherwise a cap: a seeded random subset,
     stratified by class for the built-in digits. ``image_size`` and ``channels`` apply to image datasets

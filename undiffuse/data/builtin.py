@@ -58,3 +58,31 @@ def load_digits(image_size: int | None = None, channels: int | None = None) -> T
         x = resize_images(x, image_size)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     return TensorData(set_channels(x, channels), labels, 10, "digits", DIGIT_NAMES)
+
+
+PHOTO_NAMES = ["china", "flower"]
+
+
+def load_photos(image_size: int | None = None, channels: int | None = None, *, stride: int = 8) -> TensorData:
+    """Colour patches of scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``).
+
+    Each 427 x 640 photograph is halved (antialiased) and cut into overlapping 32 x 32 patches every
+    ``stride`` pixels: 1702 RGB images labelled by their photograph, a small colour set that ships
+    with scikit-learn (used for the colour degradations of cold diffusion). ``image_size`` resizes
+    the patches.
+    """
+    from sklearn.datasets import load_sample_images
+
+    check_image_size(image_size)
+    patches, labels = [], []
+    for label, image in enumerate(load_sample_images().images):
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        x = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
+        tiles = x.unfold(2, 32, stride).unfold(3, 32, stride)  # (1, C, nH, nW, 32, 32)
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 32, 32)
+        patches.append(tiles.clamp(-1, 1))
+        labels.append(torch.full((len(tiles),), label, dtype=torch.int64))
+    x = torch.cat(patches).contiguous()
+    if image_size not in (None, 32):
+        x = resize_images(x, image_size)
+    return TensorData(set_channels(x, channels), torch.cat(labels), 2, "photos", PHOTO_NAMES)
