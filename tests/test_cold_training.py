@@ -1,10 +1,11 @@
 """Cold Diffusion (Bansal et al. 2022) wired into training, the pipeline and the CLI.
 
 Covers: ``undiffuse train --process blur|mask|pixelate`` writes a complete run (config, prior,
-checkpoints, grids) that ``undiffuse sample`` and ``undiffuse.load`` sample from; the other
-degradations train a step; ``undiffuse degrade`` draws every ladder; a tiny blur restorer beats the
-blurred input; a stopped and resumed cold run ends bitwise equal to an uninterrupted one; bad
-combinations of Gaussian and cold settings are clear errors.
+checkpoints, grids) that ``undiffuse sample`` and ``undiffuse.load`` sample from; every other
+degradation (desaturate, snow, fade, gaussian) trains and samples from the CLI too; ``undiffuse
+degrade`` draws every ladder; a tiny blur restorer beats the blurred input; a stopped and resumed
+cold run ends bitwise equal to an uninterrupted one; bad combinations of Gaussian and cold settings
+are clear errors.
 
 Everything runs in-process (``undiffuse.cli.main``) on the 8x8 digits with the "tiny" U-Net and
 one intra-op thread.
@@ -36,10 +37,6 @@ TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "
         "--sample-steps", "3", "--no-bf16"]
 #: Small T, so sampling a tiny run takes a fraction of a second.
 SPECS = {"blur": "blur:T=5:k=3:sigma=1", "mask": "mask:T=8:fill=random", "pixelate": "pixelate:T=3"}
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -110,18 +107,21 @@ def test_load_gives_a_cold_pipeline_that_samples_and_restores(cold_runs, digits)
     assert not torch.equal(model.sample(2), pipe.sample(2))  # EMA weights lag the trained ones
 
 
-@pytest.mark.parametrize("spec", ["desaturate:T=10", "snow:T=10", "fade:T=20:source=digits", "gaussian:T=20"])
-def test_every_other_degradation_trains_a_step(tmp_path, digits, spec):
-    cfg = TrainConfig(data="digits", net="tiny", process=spec, steps=2, batch_size=8, bf16=False,
-                      out=str(tmp_path), sample_every=0)
-    trainer = Trainer(cfg, data=digits.select(torch.arange(64)))
-    before = trainer.gen.get_state()
-    loss, grad_norm = trainer.train_step()
-    assert loss > 0 and torch.isfinite(torch.tensor([loss, grad_norm])).all()
-    assert not torch.equal(before, trainer.gen.get_state())
-    pipe = trainer.pipeline()
-    x_t = pipe.degrade(digits.x[:3], generator=torch.Generator().manual_seed(0))
-    assert pipe.restore(x_t, algorithm="direct").shape == (3, 1, 8, 8)
+@pytest.mark.parametrize("spec, extra", [("desaturate:T=4", ["--channels", "3"]), ("snow:T=4", []),
+                                         ("fade:T=4:source=digits", []), ("gaussian:T=4", [])])
+def test_cli_trains_and_samples_every_other_degradation(tmp_path, capsys, digits, spec, extra):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "2", "--process", spec, *extra, "--out", str(run)]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and all(r["loss"] > 0 for r in log)
+    assert main(["sample", "--run", str(run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert "3 samples" in capsys.readouterr().out
+    assert_png(tmp_path / "g.png")
+    pipe = undiffuse.load(run)
+    channels = 3 if extra else 1
+    x0 = digits.x[:3].expand(-1, channels, -1, -1)
+    x_t = pipe.degrade(x0, generator=torch.Generator().manual_seed(0))
+    assert pipe.restore(x_t, algorithm="direct").shape == (3, channels, 8, 8)
 
 
 # --- undiffuse degrade ---------------------------------------------------------------------------------

@@ -6,18 +6,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from undiffuse.nets import UNET_PRESETS, MLPDenoiser, UNet, build_net, net_config, timestep_embedding
 
+from helpers_nets import unzeroed
 
-def unzeroed(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Re-initialise every conv and linear layer, undoing the zero-init that makes a fresh net output 0."""
-    torch.manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()
-    return net.eval()
+
 
 
 def tiny(**overrides) -> UNet:

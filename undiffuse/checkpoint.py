@@ -65,6 +65,36 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}); restore it or start a new run") from None
 
 
+def cache_dir(kind: str, override: str | Path | None = None) -> Path:
+    """Where undiffuse caches ``kind`` (feature nets, adherence judges, caption embeddings):
+    ``override``, else ``$UNDIFFUSE_CACHE/kind``, else ``~/.cache/undiffuse/kind``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("UNDIFFUSE_CACHE")
+    return Path(env) / kind if env else Path.home() / ".cache" / "undiffuse" / kind
+
+
+def save_cached_net(net: torch.nn.Module, info: dict, directory: str | Path) -> None:
+    """A cached helper net (feature net, judge): ``model.safetensors``, then ``info.json`` (its
+    config and version; written last, so it marks the cache complete)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d / "model.safetensors", lambda p: save_file(_contiguous(net.state_dict()), p))
+    atomic_write(d / "info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+
+
+def load_cached_net(cls: type[torch.nn.Module], directory: str | Path, version: str) -> tuple[torch.nn.Module, dict]:
+    """The net ``save_cached_net`` wrote (eval mode) and its info; raises if missing, corrupt or of
+    another ``version``."""
+    d = Path(directory)
+    info = json.loads((d / "info.json").read_text())
+    if info.get("version") != version:
+        raise ValueError(f"cache version {info.get('version')!r} != {version!r}")
+    net = cls(**info["config"])
+    net.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
+    return net.eval(), info
+
+
 def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 

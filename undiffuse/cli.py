@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .classifier import add_cli as add_classifier_cli
 from .classifier import cmd_train_classifier
+from .cli_text import TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options, cmd_sample_text
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
 
@@ -50,13 +51,16 @@ TRAIN_FLAGS: dict[str, str] = {
     "sampler": "sampler for the grids (default ddim; improved for a cold process; `undiffuse samplers`)",
     "sample_steps": "sampler steps for the grids",
     "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
+    **TEXT_TRAIN_FLAGS,
 }
 BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
               "channels_last": "channels-last memory format for images",
+              "compile": "torch.compile the network (inductor; falls back to eager with a warning)",
               "class_conditional": "condition on class labels when the data has them",
               "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)",
               "labels_from_subfolders": "image folders: class labels from first-level sub-folders",
-              "residual": "cold processes: the network predicts x0 - x_t instead of x0"}
+              "residual": "cold processes: the network predicts x0 - x_t instead of x0",
+              **TEXT_BOOL_FLAGS}
 
 
 def _add_train(sub) -> None:
@@ -107,6 +111,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
     p.add_argument("--out", default="samples.png", help="where to write the grid (PNG)")
     p.add_argument("--trajectory", default=None, help="also write x_t and predicted x0 along the way")
+    add_sample_text_options(p)
 
 
 def _add_samplers(sub) -> None:
@@ -175,7 +180,7 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="measure a trained run (FID-style, KID, PRDC, bits/dim, plots)",
+    p = sub.add_parser("eval", help="measure a trained run (FID-style, KID, PRDC, bits/dim, plots; prompt adherence for text runs)",
                        description="Measure a run's samples against real data in a feature network's "
                                    "space, beside the real-data floor; write eval.json and plots.")
     p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
@@ -194,10 +199,17 @@ def _add_eval(sub) -> None:
                    help="also the standard Inception FID via torchmetrics (needs its cached weights)")
     p.add_argument("--inception-weights", default=None,
                    help="path to the FID Inception weights for --standard-fid")
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=None,
+                   help="text runs: guidance scales to measure prompt adherence at (default: --guidance)")
+    p.add_argument("--per-prompt", type=int, default=4, help="text runs: samples per evaluation prompt")
 
 
 def cmd_eval(args) -> int:
+    from .cli_text import cmd_eval_text, is_text_run
     from .evaluate import evaluate, format_table
+
+    if is_text_run(args.run):
+        return cmd_eval_text(args)
 
     result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                       spacing=args.spacing, guidance=args.guidance, seed=args.seed,
@@ -217,12 +229,15 @@ def cmd_train(args) -> int:
     cfg = cfg.updated(**overrides)
     from . import distributed
     from .train import NonFiniteLossError, Trainer
+    from .train_text import preview_prompts
     from .viz import plot_loss_curve
 
     t0 = time.perf_counter()
     # Under torchrun this is one of several DDP processes; rank 0 alone prints and draws.
     with distributed.process_group(cfg.device):
         main_rank = distributed.is_main()
+        if cfg.text and main_rank:
+            print(f"embedding the captions with {cfg.text_encoder} (once: cached for later runs)", flush=True)
         trainer = Trainer(cfg)
         if args.resume and trainer.resume() and main_rank:
             print(f"resumed {cfg.out} at step {trainer.step}")
@@ -239,8 +254,9 @@ def cmd_train(args) -> int:
     if trainer.cold and pipe.can_generate:
         pictures.append(out / "samples" / "final-restore.png")
     if trainer.data.x.ndim == 4 and getattr(pipe, "can_generate", True):
+        rows = {} if trainer.text is None else {"prompts": preview_prompts(trainer.data, 4, cfg.seed)}
         pictures.append(_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
-                                    steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance))
+                                    steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance, **rows))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     for path in pictures:
         print(f"  picture: {path}")
@@ -265,6 +281,8 @@ def cmd_sample(args) -> int:
     opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
     # Unset: each pipeline's own default (ddim in 50 steps; a cold run: improved, every severity).
     opts |= {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    if getattr(pipe, "is_text", False) or args.prompt or args.negative_prompt:
+        return cmd_sample_text(args, pipe, opts)
     if args.class_label is not None:
         labels = args.class_label
     elif pipe.num_classes is not None:

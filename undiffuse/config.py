@@ -13,6 +13,12 @@ snr_gamma, learn_variance) must keep their default values for a cold process, or
 refused with an error naming them (prediction "x0" and weighting "uniform" are accepted too: they
 say what a cold run does, and ``resolved`` sets them so); ``clip_x0`` is not used by cold runs.
 ``residual`` is cold-only.
+
+``text`` makes a text-to-image run (Gaussian processes only): the U-Net cross-attends to the
+captions' token embeddings from the frozen encoder ``text_encoder`` (``undiffuse.text``) and adds
+their pooled embedding to the noise embedding; ``caption_dropout`` is the probability of training on
+the empty caption, so that one model serves classifier-free guidance (GLIDE). The data must carry
+captions; class labels are then not used.
 """
 from __future__ import annotations
 
@@ -43,6 +49,11 @@ class TrainConfig:
     prediction: str = "v"
     class_conditional: bool = True
     label_dropout: float = 0.1
+    text: bool = False  # condition on the data's captions (text-to-image) instead of class labels
+    text_encoder: str = "all-MiniLM-L6-v2"  # a name in undiffuse.text.ENCODERS
+    caption_dropout: float = 0.1  # probability of training on the empty caption (for CFG)
+    on_missing_caption: str = "error"  # image folders with text: "error", "warn" (empty caption) or "skip"
+    caption_column: str = "text"  # image folders with text: the caption column of metadata.jsonl
     learn_variance: bool = False
     residual: bool = False  # cold processes only: the network predicts x0 - x_t (official --residual)
     clip_x0: float | None = 1.0  # images only: clamp x0_hat to the data range while sampling
@@ -60,7 +71,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     bf16: bool = True
-    channels_last: bool = False  # measured slower here in bf16 (docs/mnist_recipe.md)
+    channels_last: bool = False  # measured slower here in bf16 (docs/speed.md)
+    # torch.compile (inductor) the network; falls back to eager with a warning when compilation
+    # fails. Not part of the maths (results agree to rounding): a run may resume with either.
+    compile: bool = False  # compiling costs minutes on 2 cores and does not pay back in a demo (docs/speed.md)
     # "auto": CUDA when available, else the CPU; or "cpu" / "cuda". Under torchrun each process
     # takes LOCAL_RANK's GPU. Not part of the maths: a run may resume on another device.
     device: str = "auto"
@@ -87,6 +101,9 @@ class TrainConfig:
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.label_dropout < 1, "label_dropout must be in [0, 1)"),
+            (0 <= self.caption_dropout < 1, "caption_dropout must be in [0, 1)"),
+            (self.on_missing_caption in ("error", "warn", "skip"),
+             "on_missing_caption must be 'error', 'warn' or 'skip'"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
@@ -95,6 +112,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid training config: {message}")
+        if self.text and is_cold(self.process):
+            raise ValueError(f"invalid training config: text conditioning is for Gaussian diffusion; the cold "
+                             f"process {self.process!r} trains a restorer without captions; drop --text or "
+                             "use a Gaussian process (ddpm, vp, ve, edm)")
         if is_cold(self.process):
             self._validate_cold()
         elif self.sampler in COLD_SAMPLERS:
@@ -152,6 +173,9 @@ PRESETS: dict[str, TrainConfig] = {
     "toy2d": TrainConfig(data="toy2d", net={"type": "mlp"}, process="ddpm:linear:1000",
                          steps=3000, batch_size=256, lr=1e-3, bf16=False, out="runs/toy2d",
                          num_samples=2000),
+    # Text-to-image on the procedural shapes (32x32 RGB, captions from their attributes): cross-
+    # attention at 16x16 and 8x8, where "at the top left" can still be placed (docs/text.md).
+    "shapes": TrainConfig(data="shapes", text=True, net="text-small", out="runs/shapes"),
     "ddpm-cifar10": TrainConfig(net="ddpm-cifar10", process="ddpm:linear:1000", lr=2e-4,
                                 batch_size=128, steps=800_000, warmup_steps=5000, ema_decay=0.9999,
                                 class_conditional=False, out="runs/cifar10"),

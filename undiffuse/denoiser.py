@@ -54,7 +54,10 @@ def score_from_eps(eps: Tensor, sigma: Tensor) -> Tensor:
 
 
 class Denoiser(nn.Module):
-    """Wraps ``net(x, noise_label, class_labels)`` with a parameterization.
+    """Wraps ``net(x, noise_label, cond)`` with a parameterization.
+
+    ``cond`` goes to the network untouched: None, class labels (B,), or a text embedding
+    (``undiffuse.text.TextEmbedding``) for a net built with ``context_dim``.
 
     Args:
         net: the network; its output has C channels (2C with ``learn_variance``).
@@ -74,7 +77,7 @@ class Denoiser(nn.Module):
         self.net, self.process, self.prediction = net, process, prediction
         self.sigma_data, self.learn_variance, self.clip_x0 = sigma_data, learn_variance, clip_x0
 
-    def forward(self, xt: Tensor, t: Tensor, cond: Tensor | None = None) -> Prediction:
+    def forward(self, xt: Tensor, t: Tensor, cond=None) -> Prediction:
         t = torch.as_tensor(t, dtype=torch.float64, device=xt.device).expand(xt.shape[0])
         a, s = self.process.alpha_sigma(t)
         alpha, sigma = bcast(a, xt), bcast(s, xt)
@@ -105,7 +108,7 @@ class Denoiser(nn.Module):
         x0 = c_skip * x_scaled + c_out * out
         return x0, (x_scaled - x0) / s, var
 
-    def _run(self, x_in: Tensor, noise_label: Tensor, cond: Tensor | None):
+    def _run(self, x_in: Tensor, noise_label: Tensor, cond):
         out = self.net(x_in, noise_label.to(torch.float32), cond).to(x_in.dtype)
         if not self.learn_variance:
             return out, None

@@ -16,17 +16,24 @@ class ClassifierFreeGuidance:
     with the conditional and unconditional passes batched into one network call. Because x0_hat
     is affine in eps_hat at fixed (x_t, t), guiding x0 is the same update.
 
+    The condition is opaque here: class labels, or a text embedding (``undiffuse.text.TextEmbedding``,
+    batched with its ``cat``). For text, ``null_cond`` is the empty caption's embedding, as GLIDE
+    trains with caption dropout (Nichol et al. 2022, sec. 2.3); put a negative prompt's embedding in
+    its place and the same formula guides away from that caption instead of from "anything"
+    (eps_u becomes eps_neg: the negative prompt of Stable Diffusion's samplers).
+
     Args:
-        denoiser: a conditional denoiser trained with label dropout to ``null_cond``.
+        denoiser: a conditional denoiser trained with label (caption) dropout to ``null_cond``.
         scale: w; 1 is the plain conditional model, 0 the unconditional one.
-        null_cond: the "no condition" label (the null class index, num_classes).
+        null_cond: the "no condition": the null class index (num_classes); or a text embedding of
+            one row (repeated for the batch) or of one row per sample (negative prompts).
         rescale: guidance rescale phi (Lin et al. 2023, eq. 15-16): match the guided x0's per-sample
             std to the conditional one's and blend by phi; 0 disables it.
         interval: (sigma_lo, sigma_hi): guide only where sigma/alpha lies in this range
             (Kynkäänniemi et al. 2024); elsewhere use the conditional prediction.
     """
 
-    def __init__(self, denoiser, scale: float, null_cond: int | Tensor, rescale: float = 0.0,
+    def __init__(self, denoiser, scale: float, null_cond, rescale: float = 0.0,
                  interval: tuple[float, float] | None = None):
         self.denoiser, self.scale, self.null_cond = denoiser, float(scale), null_cond
         self.rescale, self.interval = float(rescale), interval
@@ -34,15 +41,14 @@ class ClassifierFreeGuidance:
         # The wrapped model's clamp, for wrappers stacked on this one (ClassifierGuidance re-clamps).
         self.clip_x0 = getattr(denoiser, "clip_x0", None)
 
-    def __call__(self, xt: Tensor, t: Tensor, cond: Tensor | None = None) -> Prediction:
+    def __call__(self, xt: Tensor, t: Tensor, cond=None) -> Prediction:
         if cond is None:
-            raise ValueError("classifier-free guidance needs a condition (class labels)")
+            raise ValueError("classifier-free guidance needs a condition (class labels or a text embedding)")
         if self.scale == 1.0:
             return self.denoiser(xt, t, cond)
         b = xt.shape[0]
-        null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype).expand_as(cond)
         t_b = torch.as_tensor(t, dtype=torch.float64).expand(b)
-        both = self.denoiser(torch.cat([xt, xt]), torch.cat([t_b, t_b]), torch.cat([cond, null]))
+        both = self.denoiser(torch.cat([xt, xt]), torch.cat([t_b, t_b]), self._with_null(cond, b))
         x0_c, x0_u = both.x0[:b], both.x0[b:]
         x0 = x0_u + self.scale * (x0_c - x0_u)
         a, s = self.process.alpha_sigma(t_b)
@@ -56,6 +62,22 @@ class ClassifierFreeGuidance:
             x0 = torch.where(bcast(inside, xt).bool(), x0, x0_c)  # bcast casts to x.dtype
         eps = (xt - bcast(a, xt) * x0) / bcast(s, xt)
         return Prediction(x0, eps)
+
+    def _with_null(self, cond, b: int):
+        """The conditions of one batched call: ``cond`` then the null (or negative) condition."""
+        if isinstance(cond, Tensor):
+            null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype).expand_as(cond)
+            return torch.cat([cond, null])
+        null = self.null_cond
+        if isinstance(null, (int, Tensor)):
+            raise ValueError("the condition is a text embedding but null_cond is a class label; pass the null "
+                             "caption's embedding (encoder.encode([undiffuse.text.NULL_CAPTION]))")
+        if len(null) != b:
+            if len(null) != 1:
+                raise ValueError(f"null_cond has {len(null)} rows for a batch of {b}: give one row (repeated) "
+                                 "or one per sample")
+            null = null.repeat(b)
+        return type(cond).cat([cond, null.to(cond.tokens.device)])
 
 
 class ClassifierGuidance:

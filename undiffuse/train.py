@@ -25,6 +25,9 @@ A cold process (``--process blur``, ...; Bansal et al. 2022) trains a restorer `
 through this same loop: the generator then draws the label dropout, the severities t and the
 degradation's state (mask centres, snow, ...) of the whole global batch, in that order, and the
 loss is ``cold_loss``; ``undiffuse.train_cold`` holds the rest (its prior, its grids).
+
+A text run (``--text``) draws the caption dropout where a class-conditional run draws the label
+dropout; ``undiffuse.train_text`` holds the rest (the caption embeddings, its grids).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed
 from .checkpoint import (latest_checkpoint, load_weights, optimizer_from_flat, read_json,
                          save_checkpoint, write_json)
+from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .data import TensorData, load_dataset
 from .denoiser import Denoiser
@@ -51,26 +55,30 @@ from .nets import build_net, net_config
 from .processes import make_process
 from .processes.cold import cold_loss
 from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
+from .train_text import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
 
 
 #: Settings a resumed run may change: when to stop and what to write, never the maths.
 RESUMABLE_CHANGES = {"steps", "out", "max_minutes", "sample_every", "checkpoint_every", "log_every",
-                     "num_samples", "sampler", "sample_steps", "guidance", "device"}
+                     "num_samples", "sampler", "sample_steps", "guidance", "device", "compile",
+                     "channels_last"}
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def build_denoiser(cfg: TrainConfig, data: TensorData) -> Denoiser:
-    """The network sized to the data, wrapped with the configured process and parameterization."""
+def build_denoiser(cfg: TrainConfig, data: TensorData, context_dim: int | None = None) -> Denoiser:
+    """The network sized to the data, wrapped with the configured process and parameterization;
+    ``context_dim`` (the text encoder's width) makes it text-conditional instead of class-conditional."""
     images = data.x.ndim == 4
-    num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None) else None
+    text = context_dim is not None
+    num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None and not text) else None
     out_mult = 2 if cfg.learn_variance else 1
     if images:
         c, size = data.x.shape[1], data.x.shape[-1]
         net = build_net(cfg.net, in_channels=c, out_channels=out_mult * c, image_size=size,
-                        num_classes=num_classes)
+                        num_classes=num_classes, **({"context_dim": context_dim} if text else {}))
     else:
         d = data.x.shape[1]
         net = build_net(cfg.net, dim=d, out_dim=out_mult * d, num_classes=num_classes)
@@ -115,7 +123,8 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
 class Trainer:
     """Owns the model, EMA, optimizer and RNG for one run directory."""
 
-    def __init__(self, cfg: TrainConfig, data: TensorData | None = None):
+    def __init__(self, cfg: TrainConfig, data: TensorData | None = None, encoder=None):
+        """``encoder``: for a text run, a text encoder object to use instead of ``cfg.text_encoder``."""
         # Checked, with the process-dependent defaults (loss, sampler) filled in: what the run saves.
         self.cfg = cfg = cfg.resolved()
         self.cold = cfg.cold  # a cold degradation: the model is a ColdRestorer, not a Denoiser
@@ -132,10 +141,19 @@ class Trainer:
             with distributed.main_first():  # one process fills a download cache, then the rest
                 data = load_dataset(
                     cfg.data, image_size=cfg.image_size, channels=cfg.channels,
-                    on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders)
+                    on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders,
+                    **({"captions": True, "on_missing_caption": cfg.on_missing_caption,
+                        "caption_column": cfg.caption_column} if cfg.text else {}))
         self.data = data
-        build = build_restorer if self.cold else build_denoiser
-        self.denoiser = build(cfg, self.data).to(self.device)
+        self.text: CaptionEmbedder | None = None  # a text run's captions, embedded up front
+        if cfg.text:
+            with distributed.main_first():  # one process fills the caption cache, then the rest
+                self.text = caption_embedder(cfg, data, encoder)
+        if self.cold:
+            self.denoiser = build_restorer(cfg, self.data).to(self.device)
+        else:
+            context_dim = None if self.text is None else self.text.encoder.dim
+            self.denoiser = build_denoiser(cfg, self.data, context_dim).to(self.device)
         self.process = self.denoiser.degradation if self.cold else self.denoiser.process
         self.prior = None  # a cold run's generation prior, fitted by fit() on rank 0
         self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
@@ -148,6 +166,8 @@ class Trainer:
         # over processes in backward. It shares the denoiser's parameters, so the optimizer, EMA
         # and checkpoints keep using the plain module (no "module." prefix in saved weights).
         self.model: torch.nn.Module = self.denoiser
+        # Compiled in place after the EMA copy (which stays eager): parameter names do not change.
+        self._compile_pending = cfg.compile and compile_net(self.denoiser.net)
         if distributed.is_distributed():
             self.model = DistributedDataParallel(
                 self.denoiser, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -164,7 +184,8 @@ class Trainer:
                 "denoiser": restorer_config(self.denoiser) if self.cold else self.denoiser.config(),
                 "data": {"name": self.data.name, "shape": list(self.data.x.shape[1:]),
                          "num_classes": self.num_classes,
-                         "class_names": self.data.class_names}}
+                         "class_names": self.data.class_names},
+                "text": None if self.text is None else self.text.config()}
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others hold the same state); returns its folder on
@@ -212,11 +233,12 @@ class Trainer:
         gradient norm before clipping."""
         cfg, data, dev, b = self.cfg, self.data, self.device, self.cfg.batch_size
         idx = batch_indices(len(data), b, cfg.seed, self.step)
-        # The random numbers of the whole global batch, in the single-process order (label
-        # dropout, t, noise; a cold run: label dropout, t, the degradation's state), on every
-        # process; each keeps its share. Drawing only a share would leave the generator in a
-        # state that depends on the number of processes.
+        # The random numbers of the whole global batch, in the single-process order (label or
+        # caption dropout, t, noise; a cold run: label dropout, t, the degradation's state), on
+        # every process; each keeps its share. Drawing only a share would leave the generator in
+        # a state that depends on the number of processes.
         labels = self._labels(idx)
+        dropped = None if self.text is None else drop_captions(self.gen, b, cfg.caption_dropout)
         shape = (b, *data.x.shape[1:])
         t = self.process.sample_t(b, self.gen)
         if self.cold:  # the degradation's random state (None for deterministic ones) instead of noise
@@ -228,6 +250,8 @@ class Trainer:
         if x0.ndim == 4 and cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         cond = None if labels is None else labels[mine].to(dev)
+        if self.text is not None:  # the captions of my share, the dropped ones empty
+            cond = self.text.embed(idx[mine], dropped[mine]).to(dev)
         if distributed.rank() > 0:
             # Network dropout draws from torch's global RNG. Rank 0 keeps the stream that
             # checkpoints save; the others reseed from (seed, step, rank) each step, so their
@@ -267,6 +291,17 @@ class Trainer:
         self.step += 1
         return global_loss.item(), float(grad_norm)
 
+    def _step_or_fall_back(self) -> tuple[float, float]:
+        """``train_step``; the first compiled one, if compilation fails, is redone eagerly with the
+        same random numbers (nothing else has changed yet: the failure comes before opt.step)."""
+        if not self._compile_pending:
+            return self.train_step()
+        states = (self.gen.get_state(), torch.get_rng_state())
+        result = call_or_fall_back(self.train_step, self.denoiser.net, "training", keep=(NonFiniteLossError,),
+                                   undo=lambda: (self.gen.set_state(states[0]), torch.set_rng_state(states[1])))
+        self._compile_pending = False
+        return result
+
     def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
         num_classes = self.num_classes
         if num_classes is None:
@@ -302,7 +337,7 @@ class Trainer:
                 self.save()
                 break
             try:
-                loss, grad_norm = self.train_step()
+                loss, grad_norm = self._step_or_fall_back()
             except NonFiniteLossError:
                 bar.close()  # end the progress line, so the error message starts on its own line
                 raise
@@ -344,6 +379,8 @@ class Trainer:
             from .cold_pipeline import ColdPipeline
 
             return ColdPipeline(*args, prior=self.prior)
+        if self.text is not None:
+            return Pipeline(*args, text=self.text.config(), encoder=self.text.encoder)
         return Pipeline(*args)
 
     def write_samples(self, tag: str) -> Path:
@@ -352,6 +389,8 @@ class Trainer:
 
         if self.cold:
             return write_cold_samples(self, tag)
+        if self.text is not None:
+            return write_text_samples(self, tag)
 
         cfg, pipe = self.cfg, self.pipeline()
         n = cfg.num_samples

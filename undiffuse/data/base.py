@@ -19,6 +19,8 @@ class TensorData:
 
     ``x`` is float32: images are (N, C, H, W) in [-1, 1]; toy points are (N, 2) at roughly unit scale.
     ``labels`` is (N,) long or None; ``num_classes`` is None exactly when ``labels`` is.
+    ``captions`` (one string per item) and ``attributes`` (name -> integer tensor whose first dimension
+    is N, e.g. the measured stroke thickness of each digit) are optional; every subset carries them.
     """
 
     x: Tensor
@@ -26,12 +28,20 @@ class TensorData:
     num_classes: int | None
     name: str
     class_names: list[str] | None = None
+    captions: list[str] | None = None
+    attributes: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and self.labels.shape != (len(self.x),):
             raise DataError(f"{self.name}: labels have shape {tuple(self.labels.shape)}, expected ({len(self.x)},)")
         if (self.labels is None) != (self.num_classes is None):
             raise DataError(f"{self.name}: labels and num_classes must be given together")
+        if self.captions is not None and len(self.captions) != len(self.x):
+            raise DataError(f"{self.name}: {len(self.captions)} captions for {len(self.x)} items; give one per item")
+        for key, value in (self.attributes or {}).items():
+            if value.shape[:1] != (len(self.x),):
+                raise DataError(f"{self.name}: attribute {key!r} has shape {tuple(value.shape)}, expected "
+                                f"({len(self.x)}, ...)")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -39,7 +49,9 @@ class TensorData:
     def select(self, index: Tensor) -> TensorData:
         """The items at ``index`` (a 1-D long tensor), in that order."""
         labels = None if self.labels is None else self.labels[index]
-        return TensorData(self.x[index], labels, self.num_classes, self.name, self.class_names)
+        captions = None if self.captions is None else [self.captions[i] for i in index.tolist()]
+        attributes = None if self.attributes is None else {k: v[index] for k, v in self.attributes.items()}
+        return TensorData(self.x[index], labels, self.num_classes, self.name, self.class_names, captions, attributes)
 
     def split(self, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
         """Split into disjoint ``(rest, held_out)`` with ``round(fraction * N)`` items held out.

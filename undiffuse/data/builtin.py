@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import TensorData, check_image_size, resize_images, set_channels
+from .mnist_captions import mnist_captions, stroke_classes
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -32,16 +33,22 @@ def load_mnist(image_size: int | None = None, channels: int | None = None) -> Te
     By default the 28x28 digits are padded, not resized, to 32x32 with two background pixels on each
     side, so the background stays exactly -1 and the strokes are untouched. Any other ``image_size``
     resizes the original 28x28 digits with antialiased bilinear filtering (28 leaves them as they are).
+
+    Every digit carries a templated caption ("a thin, right-slanted seven", "the number 7", "7") and
+    ``attributes`` {"digit", "thickness", "slant"}, the stroke classes measured from the original
+    28x28 pixels (see ``mnist_captions``); captions are seeded, so they are fixed per digit.
     """
     check_image_size(image_size)
     images, labels = _mnist_raw()
     x = torch.from_numpy(images).view(-1, 1, 28, 28) / 127.5 - 1.0
+    labels_t = torch.tensor(labels)  # a copy, so callers editing labels in place cannot corrupt the cache
+    attributes = {"digit": labels_t.clone(), **stroke_classes(x)}
+    captions = mnist_captions(labels_t, attributes, seed=0)
     if image_size in (None, 32):
         x = F.pad(x, (2, 2, 2, 2), value=-1.0)
     else:
         x = resize_images(x, image_size)
-    # torch.tensor copies, so callers editing labels in place cannot corrupt the cached array.
-    return TensorData(set_channels(x, channels), torch.tensor(labels), 10, "mnist", DIGIT_NAMES)
+    return TensorData(set_channels(x, channels), labels_t, 10, "mnist", DIGIT_NAMES, captions, attributes)
 
 
 def load_digits(image_size: int | None = None, channels: int | None = None) -> TensorData:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .base import DataError, TensorData, check_channels, check_image_size, uint8_to_unit
+from .folder_captions import apply_caption_policy, read_captions
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_IMAGE_SIZE = 64
@@ -23,7 +24,8 @@ ON_BAD_IMAGE_CHOICES = ("error", "skip")
 
 def load_folder(root: str | Path, *, image_size: int | None = None, channels: int | None = None,
                 n: int | None = None, seed: int = 0, on_bad_image: str = "error",
-                labels_from_subfolders: bool = False, allow_upscale: bool = False) -> TensorData:
+                labels_from_subfolders: bool = False, allow_upscale: bool = False, captions: bool = False,
+                on_missing_caption: str = "error", caption_column: str = "text") -> TensorData:
     """Load every PNG/JPEG/BMP/WEBP image under ``root`` (case-insensitive; hidden files and folders ignored).
 
     Each image is scaled so its short side is ``image_size`` (default 64; bicubic, EXIF rotation applied,
@@ -33,6 +35,10 @@ def load_folder(root: str | Path, *, image_size: int | None = None, channels: in
     ``on_bad_image="skip"`` are left out with a warning. Images smaller than ``image_size`` raise unless
     ``allow_upscale``. With ``labels_from_subfolders`` the label is the first-level sub-folder; class
     names are sorted.
+
+    With ``captions`` every image gets a caption from ``metadata.jsonl`` (column ``caption_column``) or
+    from a ``.txt`` file beside it; ``on_missing_caption`` is "error", "warn" (keep with the empty
+    caption) or "skip" (see ``folder_captions``).
     """
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     check_image_size(size)
@@ -43,19 +49,23 @@ def load_folder(root: str | Path, *, image_size: int | None = None, channels: in
     files = find_images(root)
     if labels_from_subfolders:
         _check_in_subfolders(root, files)
+    caption_of = read_captions(root, files, caption_column) if captions else None
     if n is not None:
         files = _subsample(files, n, seed)
+    if caption_of is not None:
+        files, caption_of = apply_caption_policy(root, files, caption_of, on_missing_caption)
     arrays, greys, kept = _read_all(root, files, size, channels, on_bad_image, allow_upscale)
+    texts = None if caption_of is None else [caption_of[path] for path in kept]
     if channels is None:
         channels = 1 if all(greys) else 3
     x = uint8_to_unit(np.stack([_as_channels(a, channels) for a in arrays]))
     name = f"folder:{root}"
     if not labels_from_subfolders:
-        return TensorData(x, None, None, name)
+        return TensorData(x, None, None, name, captions=texts)
     class_of = [path.relative_to(root).parts[0] for path in kept]
     class_names = sorted(set(class_of))
     labels = torch.tensor([class_names.index(c) for c in class_of], dtype=torch.long)
-    return TensorData(x, labels, len(class_names), name, class_names)
+    return TensorData(x, labels, len(class_names), name, class_names, texts)
 
 
 def find_images(root: Path) -> list[Path]:

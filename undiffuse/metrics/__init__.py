@@ -1,4 +1,4 @@
-"""Measurement: feature-space FID / KID, precision / recall / density / coverage, class statistics
+"""Measurement: SSIM and RMSE, feature-space FID / KID, precision / recall / density / coverage, class statistics
 (with the feature network that stands in for Inception on the built-in datasets), the standard
 Inception FID where the user has its weights, likelihoods in bits/dim, and rate–distortion."""
 from .classes import class_statistics
@@ -10,9 +10,10 @@ from .likelihood import (bits_per_dim, dequantized_bits_per_dim, ode_log_likelih
                          vlb_bits_per_dim)
 from .prdc import knn_radii, prdc
 from .rate_distortion import plot_rate_distortion, rate_distortion
+from .ssim import rmse, ssim
 
 __all__ = ["frechet_distance", "feature_stats", "fid_from_features", "kid", "prdc", "knn_radii",
            "class_statistics", "FeatureNet", "train_feature_net", "get_feature_net", "extract_features",
            "predict_labels", "save_feature_net", "load_feature_net", "standard_fid", "UnavailableError",
            "vlb_bits_per_dim", "ode_log_likelihood", "dequantized_bits_per_dim", "quantize_8bit",
-           "bits_per_dim", "rate_distortion", "plot_rate_distortion"]
+           "bits_per_dim", "rate_distortion", "plot_rate_distortion", "ssim", "rmse"]

@@ -8,8 +8,6 @@ dataset, seeded, and caches it as ``model.safetensors`` + ``info.json``.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -18,11 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_write
+from ..checkpoint import cache_dir as cache_dir_for, load_cached_net, save_cached_net
 
 __all__ = ["FeatureNet", "train_feature_net", "get_feature_net", "extract_features", "predict_labels",
            "save_feature_net", "load_feature_net", "FEATURE_NET_VERSION"]
@@ -167,46 +164,25 @@ def predict_labels(net: FeatureNet, x: Tensor, batch_size: int = 500) -> Tensor:
 
 
 def save_feature_net(net: FeatureNet, info: dict, directory: str | Path) -> None:
-    """Cache ``net`` as ``model.safetensors`` and ``info.json`` (with the net's config) in ``directory``.
-
-    ``info.json`` is written last and is what marks the cache complete.
-    """
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(d / "model.safetensors", lambda p: save_file(state, p))
-    meta = {**info, "config": net.config, "version": FEATURE_NET_VERSION}
-    atomic_write(d / "info.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    """Cache ``net`` as ``model.safetensors`` and ``info.json`` (with the net's config) in ``directory``."""
+    save_cached_net(net, {**info, "config": net.config, "version": FEATURE_NET_VERSION}, directory)
 
 
 def load_feature_net(directory: str | Path) -> tuple[FeatureNet, dict]:
     """Load a cached net (eval mode) and its info; raises if missing, corrupt or of another version."""
-    d = Path(directory)
-    info = json.loads((d / "info.json").read_text())
-    if info.get("version") != FEATURE_NET_VERSION:
-        raise ValueError(f"cache version {info.get('version')!r} != {FEATURE_NET_VERSION!r}")
-    net = FeatureNet(**info["config"])
-    net.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
-    return net.eval(), info
-
-
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    """``cache_dir``, else ``$UNDIFFUSE_CACHE/featurenets``, else ``~/.cache/undiffuse/featurenets``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("UNDIFFUSE_CACHE")
-    return Path(env) / "featurenets" if env else Path.home() / ".cache" / "undiffuse" / "featurenets"
+    return load_cached_net(FeatureNet, directory, FEATURE_NET_VERSION)
 
 
 def get_feature_net(dataset: str, cache_dir: str | Path | None = None) -> tuple[FeatureNet, dict]:
     """The cached feature net of a built-in dataset ("mnist" or "digits"), trained on first use.
 
-    Lives in ``<root>/<dataset>-v1/`` with the root from ``_cache_root``. A cache that cannot be read
-    (corrupt file, other version) is reported with a warning and retrained.
+    Lives in ``<root>/<dataset>-v1/``, the root being ``cache_dir``, else ``$UNDIFFUSE_CACHE/featurenets``,
+    else ``~/.cache/undiffuse/featurenets``. A cache that cannot be read (corrupt file, other version)
+    is reported with a warning and retrained.
     """
     if dataset not in _EPOCHS:
         raise ValueError(f"no feature net for dataset {dataset!r}; known: {sorted(_EPOCHS)}")
-    directory = _cache_root(cache_dir) / f"{dataset}-{FEATURE_NET_VERSION}"
+    directory = cache_dir_for("featurenets", cache_dir) / f"{dataset}-{FEATURE_NET_VERSION}"
     if (directory / "info.json").exists():
         try:
             return load_feature_net(directory)

@@ -1,7 +1,9 @@
 """Denoising networks: the DDPM/ADM U-Net for images and a small MLP for toy data.
 
-Every net is called as ``net(x, noise_label, class_labels=None)`` and returns a tensor with
-``out_channels`` (U-Net) or ``out_dim`` (MLP) channels. ``build_net`` makes one from a preset
+Every net is called as ``net(x, noise_label, cond=None)`` and returns a tensor with
+``out_channels`` (U-Net) or ``out_dim`` (MLP) channels; ``cond`` is None, class labels (nets built
+with ``num_classes``) or a text embedding (a U-Net built with ``context_dim``: cross-attention to
+the caption's tokens, ``undiffuse.nets.attention``). ``build_net`` makes one from a preset
 name or a config dict; ``net_config`` gives back the JSON-serialisable dict that rebuilds it,
 so a run directory can store the architecture next to the weights.
 """
@@ -11,11 +13,13 @@ import copy
 
 from torch import nn
 
-from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
+from .attention import AttentionBlock, CrossAttentionBlock
+from .embeddings import ClassEmbedding, TextConditioning, TimeEmbedding, timestep_embedding
 from .mlp import MLPDenoiser
 from .unet import UNET_PRESETS, UNet
 
-__all__ = ["UNet", "MLPDenoiser", "TimeEmbedding", "ClassEmbedding", "timestep_embedding",
+__all__ = ["UNet", "MLPDenoiser", "TimeEmbedding", "ClassEmbedding", "TextConditioning", "timestep_embedding",
+           "AttentionBlock", "CrossAttentionBlock",
            "UNET_PRESETS", "NET_TYPES", "build_net", "net_config"]
 
 NET_TYPES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLPDenoiser}

@@ -1,4 +1,4 @@
-"""Embeddings of the noise level (and class) that condition every denoiser.
+"""Embeddings of the noise level (and class, or caption) that condition every denoiser.
 
 The caller chooses what the noise label is (``1000 * t`` for DDPM, ``log(sigma) / 4`` for EDM,
 ...); the networks only embed it sinusoidally, as the Transformer embeds positions (Vaswani et al.
@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["timestep_embedding", "batch_noise_labels", "TimeEmbedding", "ClassEmbedding"]
+from .attention import zero_init
+
+__all__ = ["timestep_embedding", "batch_noise_labels", "TimeEmbedding", "ClassEmbedding", "TextConditioning"]
 
 
 def timestep_embedding(noise_label: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -82,3 +84,36 @@ class ClassEmbedding(nn.Module):
         if class_labels is None:
             class_labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         return self.table(class_labels.long())
+
+
+class TextConditioning(nn.Module):
+    """What a text-conditional U-Net takes from a caption's embedding.
+
+    * the pooled (sentence) embedding, LayerNorm-ed and projected to ``emb_dim``, to add to the noise
+      embedding, in place of a class embedding (GLIDE, Nichol et al. 2022, sec. 2.3; Imagen,
+      Saharia et al. 2022, sec. 2.2). The projection starts at zero, so a fresh text net computes
+      exactly what the same net without text would;
+    * the token embeddings, LayerNorm-ed once here for every cross-attention block (Imagen, sec. 2.2:
+      "Layer Normalization to text embeddings in the attention and pooling layers"), with their
+      padding mask. LayerNorm acts per token, so padding cannot leak into real tokens.
+
+    The encoder itself stays frozen and outside the net: the net sees only its embeddings.
+    """
+
+    def __init__(self, context_dim: int, emb_dim: int) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        self.token_norm = nn.LayerNorm(context_dim)
+        self.pooled_norm = nn.LayerNorm(context_dim)
+        self.pooled_proj = zero_init(nn.Linear(context_dim, emb_dim))
+
+    def forward(self, text, batch: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """(pooled embedding (B, emb_dim), (normalised tokens (B, L, D), mask (B, L) bool))."""
+        tokens, mask, pooled = text.tokens, text.mask, text.pooled
+        if tokens.ndim != 3 or tokens.shape[-1] != self.context_dim or tokens.shape[0] != batch \
+                or mask.shape != tokens.shape[:2] or pooled.shape != (batch, self.context_dim):
+            raise ValueError(f"text embedding shapes tokens {tuple(tokens.shape)}, mask {tuple(mask.shape)}, "
+                             f"pooled {tuple(pooled.shape)} do not fit this net: expected ({batch}, L, "
+                             f"{self.context_dim}), ({batch}, L), ({batch}, {self.context_dim}); "
+                             "was the net built with another encoder's context_dim?")
+        return self.pooled_proj(self.pooled_norm(pooled)), (self.token_norm(tokens), mask.bool())

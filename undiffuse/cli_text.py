@@ -1,0 +1,94 @@
+"""The text-to-image parts of the command line: ``undiffuse sample --prompt ...`` on a ``--text`` run.
+
+Kept apart from ``undiffuse.cli`` so that each file stays short; ``cli`` registers these options and
+hands a text run's sampling over to ``cmd_sample_text``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+#: Help of the TrainConfig fields of a text run (``undiffuse train --text ...``), as flags.
+TEXT_TRAIN_FLAGS: dict[str, str] = {
+    "text_encoder": "The frozen text encoder whose token and pooled embeddings condition the U-Net "
+                    "(a name in undiffuse.text.ENCODERS; default all-MiniLM-L6-v2, shipped offline).",
+    "caption_dropout": "The probability of replacing a caption with the empty caption during training, so "
+                       "that the model also learns the unconditional prediction that classifier-free "
+                       "guidance needs (GLIDE uses 0.2; default 0.1).",
+    "on_missing_caption": "Image folders with --text: what to do with an image whose caption is missing or empty: "
+                          "'error' (default), 'warn' (count them and keep the images with the empty caption) "
+                          "or 'skip' (count them and leave the images out).",
+    "caption_column": "Image folders with --text: the column of metadata.jsonl that holds the captions "
+                      "(default 'text', as in the Hugging Face imagefolder layout).",
+}
+TEXT_BOOL_FLAGS: dict[str, str] = {
+    "text": "Train a text-to-image model on the dataset's captions (shapes, mnist, or an image folder with "
+            ".txt captions or a metadata.jsonl): cross-attention to the caption's tokens, class labels unused.",
+}
+
+
+def add_sample_text_options(p) -> None:
+    """``--prompt`` (repeatable) and ``--negative-prompt`` for ``undiffuse sample``."""
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="The prompt to generate images for (text-to-image runs). Repeat it for a grid with "
+                        "one row per prompt and --n columns, column j drawn with the same seed in every row. "
+                        "Without it a text model samples unconditionally (the empty caption).")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="The prompt to guide away from: it takes the place of the empty caption in "
+                        "classifier-free guidance, so it needs --guidance other than 1 (e.g. 3).")
+
+
+def cmd_sample_text(args, pipe, opts: dict) -> int:
+    """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs)."""
+    from .train_text import prompt_grid
+    from .viz import save_grid
+
+    if not pipe.is_text:
+        raise ValueError(f"{args.run} is not a text-to-image run, so --prompt and --negative-prompt do not apply; "
+                         "train one with `undiffuse train --text` (e.g. --data shapes)")
+    if args.class_label is not None:
+        raise ValueError("--class is for class-conditional runs; a text-to-image run takes --prompt")
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    prompts = args.prompt or []
+    options = dict(spacing=args.spacing, seed=args.seed, guidance=args.guidance, bf16=args.bf16,
+                   negative_prompt=args.negative_prompt, classifier_scale=args.classifier_scale, **opts)
+    if args.guidance != 1.0 and not prompts:
+        raise ValueError("classifier-free guidance (--guidance) needs a prompt: add --prompt TEXT")
+    t0 = time.perf_counter()
+    if len(prompts) > 1:
+        path = prompt_grid(pipe, prompts, args.n, args.out, **options)
+    else:
+        x = pipe.sample(args.n, prompts=prompts[0] if prompts else None, **options)
+        path = save_grid(x, args.out)
+    dt, total = time.perf_counter() - t0, args.n * max(1, len(prompts))
+    print(f"{total} samples in {dt:.1f} s ({total / dt:.1f} images/s) -> {path}")
+    if args.trajectory:
+        options.pop("classifier_scale")
+        path = pipe.save_trajectory(Path(args.trajectory), prompts=prompts or None, **options)
+        print(f"trajectory -> {path}")
+    return 0
+
+
+def is_text_run(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a text-conditional model (its config has a "text" entry)."""
+    config = Path(run_dir) / "config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("text"))
+
+
+def cmd_eval_text(args) -> int:
+    """`undiffuse eval` on a text run: prompt adherence and the FID-style score at the guidance
+    scale (``--guidance``, or several with ``--guidance-scales``), written to RUN/eval_text.json."""
+    from .evaluate_text import evaluate_text_model, format_text_table
+    from .pipeline import load
+    from .checkpoint import write_json
+
+    scales = args.guidance_scales or [args.guidance]
+    result = evaluate_text_model(load(args.run), None, scales, args.per_prompt, sampler=args.sampler,
+                                 steps=args.steps, seed=args.seed, bf16=args.bf16)
+    out = Path(args.run) / "eval_text.json"
+    write_json(out, result)
+    print(format_text_table(result))
+    print(f"written: {out}")
+    return 0
