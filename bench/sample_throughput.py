@@ -19,11 +19,9 @@ import os
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as in train_throughput.py: read at torch's first allocation
 
-import argparse  # noqa: E402
-
 import torch  # noqa: E402
 
-from train_throughput import MODELS, add_mode_flags, build, forward, run  # noqa: E402
+from train_throughput import build, forward, parser, run  # noqa: E402
 from undiffuse.denoiser import Denoiser  # noqa: E402
 from undiffuse.pipeline import Pipeline  # noqa: E402
 from undiffuse.processes import make_process  # noqa: E402
@@ -76,15 +74,9 @@ def undiffuse_case(model: str, mode: str, n: int, steps: int, device: torch.devi
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap = parser(__doc__, DEFAULT_CASES, repeats=3, quick_help="smoke run: 5 steps, 1 round, a few cases")
     ap.add_argument("--n", type=int, default=16, help="images per loop (the network sees 2n: CFG)")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians reported)")
-    ap.add_argument("--cases", default=None, help=f"comma-separated model:mode list, models {MODELS}; "
-                                                  f"default: {','.join(DEFAULT_CASES)}")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 1 round, a few cases")
-    add_mode_flags(ap)
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.steps = 1, 5

@@ -178,24 +178,26 @@ def run(args, make_case, title: str, defaults: tuple[tuple[str, ...], tuple[str,
           mem, nets, peak, args.batch, compile_s)
 
 
-def add_mode_flags(ap: argparse.ArgumentParser) -> None:
+def parser(doc: str, default_cases: tuple[str, ...], repeats: int, quick_help: str) -> argparse.ArgumentParser:
+    """The flags both throughput benches take; the caller adds its own (--batch, --n, --steps)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds (medians reported)")
+    ap.add_argument("--cases", default=None, help=f"comma-separated model:mode list, models {MODELS}; "
+                                                  f"default: {','.join(default_cases)}")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads (default: torch's); 1 on a machine shared with other jobs, "
                          "where spinning OpenMP barriers make every multi-threaded small op wait")
     ap.add_argument("--models", default="demo,diffusers,ref", help="with --modes: the models to run")
     ap.add_argument("--modes", default=None, help="every one of these modes (e.g. fp32,bf16,bf16+cl) for "
                                                   "every --models model, instead of --cases")
+    return ap
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap = parser(__doc__, DEFAULT_CASES, repeats=4, quick_help="smoke run: 1 round of a few cases")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=4, help="interleaved rounds (medians reported)")
-    ap.add_argument("--cases", default=None, help=f"comma-separated model:mode list, models {MODELS}; "
-                                                  f"default: {','.join(DEFAULT_CASES)}")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of a few cases")
-    add_mode_flags(ap)
     args = ap.parse_args()
     if args.quick:
         args.repeats = 1

@@ -28,6 +28,8 @@ from undiffuse.data import TensorData, load_dataset
 from undiffuse.nets import UNET_PRESETS, build_net
 from undiffuse.train import NonFiniteLossError, Trainer
 
+from helpers_resume import straight_and_resumed
+
 
 def digits(n: int = 128) -> TensorData:
     """A stratified subset of the 8x8 digits: the cheapest labelled image data."""
@@ -139,10 +141,6 @@ def test_rng_and_optimizer_state_are_checkpointed(trained_run):
 # --- 2. resume equals an uninterrupted run -----------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
-
-
 def resume_cfg(out: Path, **changes) -> TrainConfig:
     # Dropout in the U-Net (torch's global RNG) and label dropout (the trainer's generator) make
     # every step depend on both RNG states; tuples in the net dict as in UNET_PRESETS (config.json
@@ -154,21 +152,7 @@ def resume_cfg(out: Path, **changes) -> TrainConfig:
 
 
 def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
-    data = digits(64)
-    straight = Trainer(resume_cfg(tmp_path / "straight"), data=data)
-    straight.fit(progress=False)
-
-    def crash_after_step_5(trainer, record):
-        if record["step"] == 5:  # after the checkpoint at step 4, before the one at step 8
-            raise Crash
-
-    first = Trainer(resume_cfg(tmp_path / "resumed"), data=data)
-    with pytest.raises(Crash):
-        first.fit(progress=False, on_log=crash_after_step_5)
-    torch.manual_seed(1234)  # whatever happened to the global RNG since, resume must restore it
-    second = Trainer(resume_cfg(tmp_path / "resumed"), data=data)
-    assert second.resume() and second.step == 4
-    second.fit(progress=False)
+    straight, second = straight_and_resumed(resume_cfg, tmp_path, digits(64))  # checkpoints at 4 and 8
     assert second.step == straight.step == 8
 
     # Equal bitwise, not merely close: model, EMA, optimizer moments and step counts, both RNGs.

@@ -32,6 +32,7 @@ from undiffuse.samplers.cold import GaussianMixturePrior
 from undiffuse.train import Trainer
 
 from helpers_cli import assert_clean_error, assert_png
+from helpers_resume import straight_and_resumed
 
 TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "3", "--no-bf16"]
@@ -173,10 +174,6 @@ def test_tiny_blur_model_restores_better_than_the_blurred_input(tmp_path, digits
 # --- bitwise resume -----------------------------------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
-
-
 def resume_cfg(out: Path) -> TrainConfig:
     # A random degradation (mask centres and fill colours come from the generator), label dropout,
     # network dropout (torch's global RNG) and grids every 2 steps (which must leave every RNG alone).
@@ -187,21 +184,7 @@ def resume_cfg(out: Path) -> TrainConfig:
 
 
 def test_cold_resume_equals_an_uninterrupted_run_bitwise(tmp_path, digits):
-    data = digits.select(torch.arange(64))
-    straight = Trainer(resume_cfg(tmp_path / "straight"), data=data)
-    straight.fit(progress=False)
-
-    def crash_after_step_5(trainer, record):
-        if record["step"] == 5:
-            raise Crash
-
-    first = Trainer(resume_cfg(tmp_path / "resumed"), data=data)
-    with pytest.raises(Crash):
-        first.fit(progress=False, on_log=crash_after_step_5)
-    torch.manual_seed(1234)
-    second = Trainer(resume_cfg(tmp_path / "resumed"), data=data)
-    assert second.resume() and second.step == 4
-    second.fit(progress=False)
+    straight, second = straight_and_resumed(resume_cfg, tmp_path, digits.select(torch.arange(64)))
     assert second.step == straight.step == 8
     for name in ("model", "ema", "optimizer", "rng"):
         a = load_weights(latest_checkpoint(second.run_dir) / f"{name}.safetensors")

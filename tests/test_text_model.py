@@ -31,6 +31,7 @@ from undiffuse.train import Trainer, batch_indices
 from undiffuse.train_text import drop_captions
 
 from helpers_cli import assert_clean_error, assert_png
+from helpers_resume import straight_and_resumed
 from helpers_text import FAKE, FakeEncoder, captioned_digits
 
 CAPTIONS = ["a small red circle", "two", "a large blue square at the top"]
@@ -150,10 +151,6 @@ def test_dropped_captions_reach_the_network_as_the_null_embedding(tmp_path):
 # --- runs: resume, load, samples -----------------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_text_run_resumes_bitwise_equal(tmp_path):
     # As tests/test_checkpoint_resume.py: network dropout (global RNG), caption dropout (the
     # trainer's generator), cosine lr, prompt grids every 2 steps, float32; crash after step 5.
@@ -163,19 +160,7 @@ def test_a_text_run_resumes_bitwise_equal(tmp_path):
     def cfg(out):
         return text_cfg(out, net=net, caption_dropout=0.3, bf16=False, sample_every=2)
 
-    def crash_after_step_5(trainer, record):
-        if record["step"] == 5:
-            raise Crash
-
-    straight = Trainer(cfg(tmp_path / "straight"), data=data)
-    straight.fit(progress=False)
-    first = Trainer(cfg(tmp_path / "resumed"), data=data)
-    with pytest.raises(Crash):
-        first.fit(progress=False, on_log=crash_after_step_5)
-    torch.manual_seed(1234)
-    second = Trainer(cfg(tmp_path / "resumed"), data=data)
-    assert second.resume() and second.step == 4
-    second.fit(progress=False)
+    straight, second = straight_and_resumed(cfg, tmp_path, data)
     for a, b in ((second.denoiser, straight.denoiser), (second.ema, straight.ema)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .classifier import add_cli as add_classifier_cli
 from .classifier import cmd_train_classifier
-from .cli_text import TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options, cmd_sample_text
+from .cli_text import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_eval_text_options, add_sample_text_options,
+                       cmd_sample_text)
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
 
@@ -199,9 +200,7 @@ def _add_eval(sub) -> None:
                    help="also the standard Inception FID via torchmetrics (needs its cached weights)")
     p.add_argument("--inception-weights", default=None,
                    help="path to the FID Inception weights for --standard-fid")
-    p.add_argument("--guidance-scales", type=float, nargs="+", default=None,
-                   help="text runs: guidance scales to measure prompt adherence at (default: --guidance)")
-    p.add_argument("--per-prompt", type=int, default=4, help="text runs: samples per evaluation prompt")
+    add_eval_text_options(p)
 
 
 def cmd_eval(args) -> int:

@@ -39,6 +39,13 @@ def add_sample_text_options(p) -> None:
                         "classifier-free guidance, so it needs --guidance other than 1 (e.g. 3).")
 
 
+def add_eval_text_options(p) -> None:
+    """``--guidance-scales`` and ``--per-prompt`` for ``undiffuse eval`` on a text run."""
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=None,
+                   help="text runs: guidance scales to measure prompt adherence at (default: --guidance)")
+    p.add_argument("--per-prompt", type=int, default=4, help="text runs: samples per evaluation prompt")
+
+
 def cmd_sample_text(args, pipe, opts: dict) -> int:
     """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs)."""
     from .train_text import prompt_grid

@@ -193,7 +193,7 @@ class Pipeline:
         if cond is None:
             raise ValueError("classifier-free guidance needs prompts (without them the samples are unconditional)")
         n = len(cond)
-        null = self.embed(None if negative_prompt is None else negative_prompt, n, what="negative prompts")
+        null = self.embed(negative_prompt, n, what="negative prompts")
         if guidance == 0.0:
             return _NullCondition(denoiser, null)
         return ClassifierFreeGuidance(denoiser, guidance, null_cond=null)
