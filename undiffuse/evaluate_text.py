@@ -44,9 +44,8 @@ def sample_prompts(pipe, texts: Sequence[str], *, guidance: float, sampler: str 
     out = []
     for i in range(0, len(texts), batch):
         chunk = list(texts[i:i + batch])
-        res = pipe.sample(len(chunk), prompts=chunk, guidance=guidance, sampler=sampler, steps=steps,
-                          seed=seed + i, **options)
-        out.append(res if isinstance(res, Tensor) else res.images)
+        out.append(pipe.sample(len(chunk), prompts=chunk, guidance=guidance, sampler=sampler, steps=steps,
+                               seed=seed + i, **options))
     return torch.cat(out).float().clamp(-1, 1)
 
 

@@ -187,7 +187,7 @@ class CrossAttentionBlock(nn.Module):
         q = self.q(self.norm(x)).reshape(b, heads, d, h * w).transpose(-1, -2)  # (B, heads, HW, d)
         k, v = self.kv(tokens).reshape(b, tokens.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         has_tokens = mask.any(dim=-1)
-        attend = (mask | ~has_tokens[:, None])[:, None, None, :]  # (B, 1, 1, L), broadcast over heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        allowed = (mask | ~has_tokens[:, None])[:, None, None, :]  # (B, 1, 1, L), broadcast over heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         out = self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
         return x + out * has_tokens[:, None, None, None].to(out.dtype)
