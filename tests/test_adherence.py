@@ -15,6 +15,7 @@ from undiffuse.data.mnist_captions import DigitPrompt, stroke_classes
 from undiffuse.data.shapes import ShapeObject, ShapePrompt, render_shapes
 from undiffuse.evaluate_text import evaluate_text_model, format_text_table
 from undiffuse.metrics import adherence as adh
+from undiffuse.metrics.fid import fid_from_features
 
 TINY = {"n_train": 3000, "epochs": 8, "seed": 0}
 
@@ -48,6 +49,36 @@ def test_real_images_adhere_and_mismatched_captions_do_not(judge):
     assert shuffled["per_attribute"]["colour"] < 0.4 and shuffled["per_attribute"]["position"] < 0.4
     with pytest.raises(ValueError, match="one prompt per image"):
         judge.score(x[:3], prompts[:2])
+
+
+def test_real_images_for_prompts_show_what_they_state(judge):
+    prompts = shapes_prompts("seen", 40, seed=3) + shapes_prompts("heldout", 40, seed=3)
+    prompts.append(ShapePrompt("a red circle and a blue square", (ShapeObject(0, 0), ShapeObject(2, 1))))
+    a, b = judge.real_for(prompts, 0), judge.real_for(prompts, 1)
+    assert a.shape == (81, 3, 32, 32) and not torch.equal(a, b)  # independent draws (jitter, unstated)
+    assert torch.equal(a, judge.real_for(prompts, 0))  # seeded
+    assert judge.score(a, prompts)["adherence"] > 0.85 and judge.score(b, prompts)["adherence"] > 0.85  # a small judge
+    # The point of matching: a set of real images that follows the prompts is near the prompt-matched
+    # reference, and far from random real images, whose prompt distribution is another.
+    fa, fb = judge.features(a), judge.features(b)
+    random_real = judge.features(load_shapes(81, seed=5, split="test").x)
+    assert fid_from_features(fb, fa) < 0.25 * fid_from_features(random_real, fa)
+
+
+def test_real_digits_for_prompts_match_the_stated_attributes():
+    digit_judge = adh.DigitJudge(nn.Identity(), {"heldout_accuracy": 1.0})
+    prompts = mnist_prompts(30, seed=1) + mnist_prompts(10, seed=1, strokes=False)
+    a, b = digit_judge.real_for(prompts, 0), digit_judge.real_for(prompts, 1)
+    read = stroke_classes(a)
+    stated = [(i, p) for i, p in enumerate(prompts) if p.thickness is not None]
+    matched = sum(int(read["thickness"][i]) == p.thickness and int(read["slant"][i]) == p.slant for i, p in stated)
+    assert matched >= 0.9 * len(stated)  # all but where that half has no such digit
+    held = load_dataset("mnist").split(0.5, seed=0)[1]
+    index = {tuple(x.flatten().tolist()): int(d) for x, d in zip(held.x, held.attributes["digit"])}
+    assert [index[tuple(x.flatten().tolist())] for x in a] == [p.digit for p in prompts]
+    assert not {tuple(x.flatten().tolist()) for x in a} & {tuple(x.flatten().tolist()) for x in b}  # disjoint halves
+    with pytest.raises(ValueError, match="draw must be 0 or 1"):
+        digit_judge.real_for(prompts, 2)
 
 
 def _cells(objects):
@@ -138,7 +169,9 @@ def test_evaluate_text_model_with_an_oracle_pipeline(judge):
     assert good["seen"]["adherence"] > 0.8 and good["heldout"]["adherence"] > 0.8
     assert bad["seen"]["adherence"] < 0.2
     assert good["seen"]["n"] == 36 and set(good["seen"]["per_attribute"]) >= {"colour", "shape", "size", "position"}
+    assert set(good["seen"]["by_objects"]) == {"1", "2"} and min(good["seen"]["by_objects"].values()) > 0.7
     assert math.isfinite(good["fid"]) and math.isfinite(result["fid_floor"])
+    assert good["fid"] < 3 * result["fid_floor"] + 5  # the oracle draws the prompts' own distribution
     assert result["real"]["adherence"] > 0.8
     assert all(n <= 20 for n, _, _ in pipe.calls)  # batched
     table = format_text_table(result)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from undiffuse.nets import CrossAttentionBlock, build_net, net_config
+from undiffuse.nets.attention import position_features
 from undiffuse.text import TextEmbedding
 
 from helpers_nets import unzeroed
@@ -97,6 +98,39 @@ def test_nets_without_text_pay_nothing_and_old_configs_build():
     assert isinstance(build_net(old), nn.Module)
     # A preset carrying cross-attention resolutions builds without text too, with no cross-attention.
     assert net_config(build_net("text-small"))["cross_attn_resolutions"] is None
+
+
+def test_position_features_tell_every_pixel_apart():
+    for c, h, w in [(32, 16, 16), (64, 8, 8), (30, 4, 6)]:
+        p = position_features(c, h, w)
+        k = c // 4
+        assert p.shape == (c, h, w) and p.abs().max() <= 1 and not p[4 * k:].any()
+        flat = p.reshape(c, -1).T
+        dist = torch.cdist(flat, flat) + torch.eye(h * w) * 10
+        assert dist.min() > 0.5  # no two pixels share an embedding
+        # The lowest frequency is half a period across the map: a ramp down y, then across x.
+        assert (p[0].diff(dim=0) > 0).all() and (p[0].diff(dim=1) == 0).all()
+        assert (p[2 * k].diff(dim=1) > 0).all() and (p[2 * k].diff(dim=0) == 0).all()
+
+
+def test_positions_let_cross_attention_place_a_caption():
+    # On a spatially constant feature map, cross-attention without positions adds the same thing
+    # at every pixel: "at the top left" cannot be drawn anywhere in particular. With positions the
+    # queries differ, so what each pixel reads from the caption does.
+    tokens, mask = torch.randn(1, 5, 12), torch.ones(1, 5, dtype=torch.bool)
+    x = torch.randn(1, 16, 1, 1).expand(1, 16, 8, 8).contiguous()
+    spread = {}
+    for positions in (False, True):
+        torch.manual_seed(0)
+        block = unzeroed(CrossAttentionBlock(channels=16, context_dim=12, head_dim=8, positions=positions))
+        out = block(x, tokens, mask)
+        spread[positions] = (out - out.mean(dim=(2, 3), keepdim=True)).abs().max().item()
+    assert spread[False] < 1e-5 and spread[True] > 1e-2
+    # The preset for captions has them; nets saved without the key build without them.
+    assert net_config(build_net("text-small", context_dim=16))["cross_attn_positions"] is True
+    old = {k: v for k, v in net_config(build_net("text-small", context_dim=16)).items() if k != "cross_attn_positions"}
+    assert not build_net(old).mid[0].cross_attn.positions
+    assert net_config(build_net("text-small"))["cross_attn_positions"] is False  # no text, no positions
 
 
 def test_cross_attention_placement_and_config_round_trip():

@@ -8,7 +8,9 @@ that the result does not depend on the number of processes:
   moments; the batch generator's state bitwise);
 * a 2-process checkpoint loads with ``undiffuse.load`` and resumes in 1 process, and a 1-process
   checkpoint resumes in 2, both ending where an uninterrupted 1-process run ends;
-* a batch size that does not split over the processes is a clear error.
+* a batch size that does not split over the processes is a clear error;
+* ``torchrun ... -m undiffuse eval`` shares the sampling out and measures exactly what one
+  process measures.
 
 "Equal" is to float tolerance, not bitwise: DDP averages gradients by an all-reduce, which sums
 in another order than one process's batch mean. Most weights agree to about 1e-7; but a weight
@@ -21,6 +23,7 @@ vectors (measured: 5e-6 to 2e-5, and 1e-7 to 8e-7), and the batch generator's st
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,6 +168,7 @@ def test_single_process_helpers_need_no_process_group(monkeypatch):
         assert not distributed.is_distributed()
         assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
         assert distributed.shard(8) == slice(0, 8)
+        assert distributed.shard_batches(7, 3) == [(0, 3), (3, 3), (6, 1)]
         x = torch.arange(3.0)
         assert distributed.all_gather_cat(x) is x and distributed.all_reduce_mean(x) is x
         assert distributed.any_rank(True) and not distributed.any_rank(False)
@@ -173,6 +177,28 @@ def test_single_process_helpers_need_no_process_group(monkeypatch):
         distributed.resolve_device("tpu")
     with pytest.raises(ValueError, match="device must be one of"):
         Trainer(TrainConfig(data="digits", net="tiny", device="gpu"))
+
+
+EVAL = ["eval", "--num-samples", "20", "--batch-size", "6", "--steps", "2", "--nll-images", "4", "--nll-steps", "2",
+        "--device", "cpu"]
+
+
+def test_evaluation_sharded_over_two_processes_equals_one(runs):
+    # 20 samples in batches of 6: rank 0 draws batches 0 and 6, rank 1 batches 12 and 18 (2 images).
+    measured = {}
+    for nproc in (1, 2):
+        run = runs / f"eval-{nproc}"
+        shutil.copytree(runs / "one", run)
+        result = launch(nproc, *EVAL, "--run-dir", run.name, cwd=runs)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("written:") == 1  # rank 0 alone reports
+        measured[nproc] = json.loads((run / "eval.json").read_text())
+    one, two = measured[1], measured[2]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for key in ("sampling_images_per_s", "processes", "run", "plots"):
+        one.pop(key), two.pop(key)
+    assert one == two  # every sample, hence every metric, identical
+    assert one["fid"] > 0 and one["classes"]
 
 
 GATHER = """
@@ -189,6 +215,10 @@ with distributed.process_group("cpu"):
     assert distributed.all_reduce_mean(torch.tensor(float(r))).item() == 0.5
     assert distributed.any_rank(r == 1) and not distributed.any_rank(False)
     assert distributed.shard(8) == slice(4 * r, 4 * r + 4)
+    # 5 batches of 3 (the last 1 image) dealt out contiguously: 3 to rank 0, 2 to rank 1.
+    expected = [[(0, 3), (3, 3), (6, 3)], [(9, 3), (12, 1)]][r]
+    assert distributed.shard_batches(13, 3) == expected, distributed.shard_batches(13, 3)
+    assert distributed.shard_batches(3, 3) == [[(0, 3)], []][r]  # fewer batches than ranks
     (Path(sys.argv[1]) / f"ok-{r}-{distributed.backend()}").touch()  # no interleaved prints
 """
 

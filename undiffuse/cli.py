@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .classifier import add_cli as add_classifier_cli
 from .classifier import cmd_train_classifier
-from .cli_text import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_eval_text_options, add_sample_text_options,
+from .cli_eval import add_eval, cmd_eval
+from .cli_text import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options,
                        cmd_sample_text)
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
@@ -180,47 +181,6 @@ def _parse_options(pairs: list[str]) -> dict:
     return opts
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="measure a trained run (FID-style, KID, PRDC, bits/dim, plots; prompt adherence for text runs)",
-                       description="Measure a run's samples against real data in a feature network's "
-                                   "space, beside the real-data floor; write eval.json and plots.")
-    p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
-    p.add_argument("--n", type=int, default=2000, help="number of generated samples")
-    p.add_argument("--sampler", default="ddim", help="sampler (`undiffuse samplers` lists them)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
-                   help="step schedule (default: the sampler's own)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
-    p.add_argument("--nll-steps", type=int, default=100,
-                   help="DDPM steps evaluated for the bound (log-spaced groups, unbiased estimate)")
-    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (about 2x faster here)")
-    p.add_argument("--standard-fid", action="store_true",
-                   help="also the standard Inception FID via torchmetrics (needs its cached weights)")
-    p.add_argument("--inception-weights", default=None,
-                   help="path to the FID Inception weights for --standard-fid")
-    add_eval_text_options(p)
-
-
-def cmd_eval(args) -> int:
-    from .cli_text import cmd_eval_text, is_text_run
-    from .evaluate import evaluate, format_table
-
-    if is_text_run(args.run):
-        return cmd_eval_text(args)
-
-    result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                      spacing=args.spacing, guidance=args.guidance, seed=args.seed,
-                      nll_images=args.nll_images, nll_steps=args.nll_steps, bf16=args.bf16,
-                      standard_fid=args.standard_fid, inception_weights=args.inception_weights)
-    print(format_table(result))
-    print(f"written: {Path(args.run) / 'eval.json'}")
-    for name, path in result.get("plots", {}).items():
-        print(f"  {name}: {path}")
-    return 0
-
-
 def cmd_train(args) -> int:
     cfg = preset(args.preset)
     overrides = {k: v for k, v in vars(args).items()
@@ -386,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_sample(sub)
-    _add_eval(sub)
+    add_eval(sub)
     _add_samplers(sub)
     add_classifier_cli(sub)
     _add_degrade(sub)

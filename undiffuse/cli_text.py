@@ -86,16 +86,21 @@ def is_text_run(run_dir: str | Path) -> bool:
 
 def cmd_eval_text(args) -> int:
     """`undiffuse eval` on a text run: prompt adherence and the FID-style score at the guidance
-    scale (``--guidance``, or several with ``--guidance-scales``), written to RUN/eval_text.json."""
+    scale (``--guidance``, or several with ``--guidance-scales``), written to RUN/eval_text.json.
+    Runs inside ``cmd_eval``'s process group: rank 0 alone writes and prints."""
+    from . import distributed
     from .evaluate_text import evaluate_text_model, format_text_table
     from .pipeline import load
     from .checkpoint import write_json
 
     scales = args.guidance_scales or [args.guidance]
-    result = evaluate_text_model(load(args.run), None, scales, args.per_prompt, sampler=args.sampler,
-                                 steps=args.steps, seed=args.seed, bf16=args.bf16)
-    out = Path(args.run) / "eval_text.json"
-    write_json(out, result)
-    print(format_text_table(result))
-    print(f"written: {out}")
+    pipe = load(args.run)
+    pipe.denoiser.to(distributed.resolve_device(args.device))
+    result = evaluate_text_model(pipe, None, scales, args.per_prompt, sampler=args.sampler, steps=args.steps,
+                                 seed=args.seed, bf16=args.bf16, batch=args.batch_size)
+    if distributed.is_main():
+        out = Path(args.run) / "eval_text.json"
+        write_json(out, result)
+        print(format_text_table(result))
+        print(f"written: {out}")
     return 0

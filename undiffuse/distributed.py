@@ -153,6 +153,22 @@ def shard(n: int) -> slice:
     return slice(r * k, (r + 1) * k)
 
 
+def shard_batches(n: int, batch: int) -> list[tuple[int, int]]:
+    """This rank's ``(start, size)`` batches of ``n`` items taken ``batch`` at a time.
+
+    The batches are dealt out in contiguous groups (sizes differing by at most one batch), so
+    ``all_gather_cat`` of the per-rank results restores the single-process order, and a caller
+    that seeds each batch by its ``start`` draws exactly what one process draws. A rank may get
+    no batch at all when there are fewer batches than ranks.
+    """
+    starts = list(range(0, n, batch))
+    w, r = world_size(), rank()
+    per, extra = divmod(len(starts), w)
+    first = r * per + min(r, extra)
+    mine = starts[first:first + per + (r < extra)]
+    return [(s, min(batch, n - s)) for s in mine]
+
+
 def _comm_device() -> torch.device:
     """Where small control tensors live: nccl communicates CUDA tensors only."""
     if dist.get_backend() == "nccl":

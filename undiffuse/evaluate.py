@@ -4,6 +4,11 @@ Sample quality is measured in the feature space of a classifier that undiffuse t
 data (Inception weights cannot be downloaded here): FID-style Fréchet distance, KID, precision /
 recall / density / coverage, and class statistics. Each distance is printed beside its real-data
 floor, the same metric between two disjoint halves of the real data at the same sample size.
+
+Under torchrun (``torchrun --nproc_per_node N -m undiffuse eval ...``) the sampling, which is most
+of the time, is sharded over the processes by batch and gathered, each batch seeded as in one
+process: the samples, hence every number, equal a single-process evaluation's (on the CPU,
+bitwise; tested). Rank 0 then computes the metrics, bits/dim and plots, and writes eval.json.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import write_json
 from .data import TensorData, load_dataset
 from .metrics import (class_statistics, extract_features, fid_from_features, get_feature_net, kid,
@@ -25,14 +31,20 @@ FEATURE_DATASETS = ("mnist", "digits")
 
 def _sample(pipe: Pipeline, n: int, sampler: str, steps: int, spacing: str | None, guidance: float,
             seed: int, bf16: bool, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """n samples (balanced classes for conditional models) and the images/s it took."""
+    """n samples (balanced classes for conditional models), on the CPU, and the images/s it took.
+
+    Batch ``i`` is drawn with seed ``seed + i`` wherever it runs: this process's share of the
+    batches (all of them outside torchrun), gathered from every rank in order."""
     labels = None if pipe.num_classes is None else torch.arange(n) % pipe.num_classes
     out, t0 = [], time.perf_counter()
-    for i in range(0, n, batch):
-        lab = None if labels is None else labels[i:i + batch]
-        out.append(pipe.sample(min(batch, n - i), sampler=sampler, steps=steps, spacing=spacing,
-                               seed=seed + i, class_labels=lab, guidance=guidance, bf16=bf16))
-    return torch.cat(out), labels, n / (time.perf_counter() - t0)
+    for i, size in distributed.shard_batches(n, batch):
+        lab = None if labels is None else labels[i:i + size]
+        out.append(pipe.sample(size, sampler=sampler, steps=steps, spacing=spacing, seed=seed + i,
+                               class_labels=lab, guidance=guidance, bf16=bf16).float())
+    # A rank with no batch (fewer batches than ranks) still joins the gather, with nothing.
+    mine = torch.cat(out) if out else torch.zeros(0, *pipe.shape, device=next(pipe.denoiser.parameters()).device)
+    samples = distributed.all_gather_cat(mine).cpu()
+    return samples, labels, n / (time.perf_counter() - t0)
 
 
 def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, dataset: str,
@@ -72,15 +84,25 @@ def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, datase
 def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps: int = 50,
              spacing: str | None = None, guidance: float = 1.0, seed: int = 0, nll_images: int = 100,
              nll_steps: int = 100, bf16: bool = False, plots: bool = True,
-             standard_fid: bool = False, inception_weights: str | None = None) -> dict:
-    """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory."""
+             standard_fid: bool = False, inception_weights: str | None = None, batch: int = 100,
+             device: str | torch.device = "cpu") -> dict:
+    """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory.
+
+    Sampling runs on ``device`` ("auto": CUDA when present; under torchrun each process its own
+    GPU), ``batch`` images at a time. In a process group the other ranks return after sampling
+    with only the sampling entries; rank 0 returns (and writes) everything."""
 
     run_dir = Path(run_dir)
     pipe = load(run_dir)
+    pipe.denoiser.to(distributed.resolve_device(device) if isinstance(device, str) else device)
     dataset = json.loads((run_dir / "config.json").read_text())["train"]["data"]
-    samples, requested, rate = _sample(pipe, n, sampler, steps, spacing, guidance, seed, bf16)
+    samples, requested, rate = _sample(pipe, n, sampler, steps, spacing, guidance, seed, bf16, batch)
+    pipe.denoiser.cpu()  # the metrics, the bound and the plots below are computed on the CPU
     result = {"run": str(run_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
-              "guidance": guidance, "bf16": bf16, "sampling_images_per_s": rate}
+              "guidance": guidance, "bf16": bf16, "sampling_images_per_s": rate,
+              "processes": distributed.world_size()}
+    if not distributed.is_main():
+        return result
     result.update(sample_quality(samples, requested, dataset, n, seed))
     held_out = load_dataset(dataset).split(0.5, seed=seed)[1]  # the reference set above
     if standard_fid or inception_weights:

@@ -58,7 +58,7 @@ class Pipeline:
         self.run_dir = run_dir
         self.text, self._encoder = text, encoder
         self._classifier = None  # RUN/classifier, loaded on first use by classifier guidance
-        self._fast: dict[tuple[bool, bool], Denoiser] = {}  # bf16 / compiled copies (fast_denoiser)
+        self._fast: dict[tuple[bool, bool, torch.device], Denoiser] = {}  # bf16 / compiled copies (fast_denoiser)
         self._fast_version = -1
 
     #: bf16 sampling keeps a bf16 copy of the weights (measured faster than casting them in every
@@ -143,13 +143,13 @@ class Pipeline:
 
     def fast_denoiser(self, bf16: bool = False, compile: bool = False) -> Denoiser:
         """The denoiser to sample with: this one, or a copy with bf16 weights and / or compiled.
-        Copies are cached until the weights change (their in-place version counters move)."""
+        Copies are cached per device until the weights change (their in-place version counters move)."""
         if not (bf16 and self.bf16_weights) and not compile:
             return self.denoiser
         version = sum(p._version for p in self.denoiser.parameters())
         if version != self._fast_version:
             self._fast, self._fast_version = {}, version
-        key = (bf16 and self.bf16_weights, compile)
+        key = (bf16 and self.bf16_weights, compile, next(self.denoiser.parameters()).device)
         if key not in self._fast:
             d = self.denoiser
             net = bf16_inference_copy(d.net) if key[0] else copy.deepcopy(d.net)

@@ -27,7 +27,8 @@ from torch import Tensor
 from .base import DataError, TensorData, check_image_size, resize_images, set_channels
 
 __all__ = ["SHAPE_NAMES", "COLOUR_NAMES", "COLOURS", "SIZE_NAMES", "POSITION_NAMES", "HELDOUT_PAIRS",
-           "ShapeObject", "ShapePrompt", "load_shapes", "render_shapes", "shapes_prompts", "caption_objects"]
+           "ShapeObject", "ShapePrompt", "load_shapes", "render_shapes", "render_prompts", "shapes_prompts",
+           "caption_objects"]
 
 SHAPE_NAMES = ["circle", "square", "triangle", "diamond"]
 COLOUR_NAMES = ["red", "green", "blue", "yellow", "purple", "white"]
@@ -153,6 +154,24 @@ def render_shapes(attrs: dict[str, Tensor], jitter: Tensor, size: int = IMAGE_SI
             colour = COLOURS[attrs["colour"][idx, slot]][:, :, None, None]
             canvas[idx] = canvas[idx] * (1 - alpha) + colour * alpha
     return canvas * 2 - 1
+
+
+def render_prompts(prompts: list[ShapePrompt], seed: int = 0) -> Tensor:
+    """Real images (N, 3, 32, 32) of exactly what each prompt states, jittered as the dataset is
+    (seeded); a size or position left unsaid is drawn at random (positions in free cells). The
+    reference of a prompt-matched FID: the distribution a perfectly adherent model would draw."""
+    rng = np.random.default_rng(seed)
+    n = len(prompts)
+    attrs = {k: torch.full((n, 2), -1, dtype=torch.long) for k in ("colour", "shape", "size", "position")}
+    for i, p in enumerate(prompts):
+        stated = {o.position for o in p.objects if o.position is not None}
+        free = [c for c in rng.permutation(GRID * GRID).tolist() if c not in stated]
+        for j, o in enumerate(p.objects):
+            attrs["colour"][i, j], attrs["shape"][i, j] = o.colour, o.shape
+            attrs["size"][i, j] = o.size if o.size is not None else int(rng.integers(len(SIZE_NAMES)))
+            attrs["position"][i, j] = o.position if o.position is not None else free.pop()
+    jitter = torch.from_numpy(rng.uniform(-JITTER, JITTER, size=(n, 2, 2))).float()
+    return render_shapes(attrs, jitter)
 
 
 def _captions(attrs: dict[str, np.ndarray], rng: np.random.Generator) -> list[str]:

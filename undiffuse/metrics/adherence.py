@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import cache_dir as cache_dir_for, load_cached_net, save_cached_net
 from ..data.mnist_captions import DigitPrompt, stroke_classes
-from ..data.shapes import COLOUR_NAMES, GRID, SHAPE_NAMES, SIZE_NAMES, ShapeObject, ShapePrompt, load_shapes
+from ..data.shapes import (COLOUR_NAMES, GRID, SHAPE_NAMES, SIZE_NAMES, ShapeObject, ShapePrompt, load_shapes,
+                           render_prompts)
 from .features import extract_features, get_feature_net, predict_labels
 
 __all__ = ["ShapesNet", "ShapesJudge", "DigitJudge", "train_shapes_net", "get_judge", "prompts_from_attributes",
@@ -219,6 +220,11 @@ class ShapesJudge:
         data = load_shapes(n, seed=seed, split="test")
         return data.x, prompts_from_attributes(data.attributes)
 
+    def real_for(self, prompts: Sequence[ShapePrompt], draw: int, seed: int = 0) -> Tensor:
+        """Real images of what ``prompts`` state (``render_prompts``); each ``draw`` renders
+        independently (its own jitter and unstated attributes)."""
+        return render_prompts(list(prompts), seed=seed + 7919 * (draw + 1))
+
 
 class DigitJudge:
     """Scores MNIST digits against ``DigitPrompt``s: digit by the feature net, strokes measured."""
@@ -254,6 +260,30 @@ class DigitJudge:
         prompts = [DigitPrompt(f"a {THICKNESS_NAMES[t]}, {SLANT_NAMES[s]} {DIGIT_WORDS[d]}", d, t, s)
                    for d, t, s in zip(a["digit"].tolist(), a["thickness"].tolist(), a["slant"].tolist())]
         return held.x, prompts
+
+    def real_for(self, prompts: Sequence[DigitPrompt], draw: int, seed: int = 0) -> Tensor:
+        """For each prompt a real held-out digit with every attribute it states, drawn (seeded) from
+        half ``draw`` (0 or 1) of the held-out digits, so two draws never share an image. Where that
+        half has no digit with the stated strokes, one with the stated digit is taken."""
+        from ..data import load_dataset
+
+        if draw not in (0, 1):
+            raise ValueError(f"draw must be 0 or 1 (two disjoint halves of the held-out digits), got {draw}")
+        held = load_dataset("mnist").split(0.5, seed=seed)[1]
+        pool = held.select(torch.arange(draw, len(held), 2))
+        attrs = {k: pool.attributes[k] for k in ("digit", "thickness", "slant")}
+        gen = torch.Generator().manual_seed(seed + draw)
+        picks = []
+        for p in prompts:
+            stated = p.stated()
+            match = torch.ones(len(pool), dtype=torch.bool)
+            for k, v in stated.items():
+                match &= attrs[k] == v
+            if not match.any():
+                match = attrs["digit"] == p.digit
+            idx = torch.nonzero(match).flatten()
+            picks.append(idx[torch.randint(len(idx), (1,), generator=gen)])
+        return pool.x[torch.cat(picks)]
 
 
 def _summarise(per_image: list[dict[str, list[bool]]]) -> dict:

@@ -15,6 +15,12 @@ matmul-softmax over cache-sized chunks (``chunked_attention``), 2.3-2.6x faster 
 flash kernel in forward + backward at head dims 8-64; everywhere else (fp32, CUDA)
 ``scaled_dot_product_attention`` unchanged. Cross-attention (short captions, a padding mask) always
 uses SDPA.
+
+Cross-attention can add fixed 2D Fourier features of each pixel's position to its queries
+(``position_features``): without them a query knows where it is only through the convolutions'
+zero padding, so a caption's "at the top left" has to be learnt from border effects (measured in
+docs/text.md: position was the attribute a small model learnt last). DiT and ViT give every
+token such an embedding; here only the queries get it, so "where am I" can select what to read.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["group_norm", "zero_init", "num_heads", "AttentionBlock", "CrossAttentionBlock",
+__all__ = ["group_norm", "zero_init", "num_heads", "AttentionBlock", "CrossAttentionBlock", "position_features",
            "ATTENTION_BACKENDS", "attend", "attention_backend", "chunked_attention"]
 
 #: "auto": chunked on the CPU in bf16, else SDPA; "sdpa": always SDPA (torch picks its kernel);
@@ -53,9 +59,11 @@ def attention_backend(name: str):
 
 def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors, by the configured backend."""
-    if _backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
-    if _backend == "auto" and not (q.device.type == "cpu" and q.dtype == torch.bfloat16):
+    if _backend == "sdpa" or (_backend == "auto" and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)):
+        if q.device.type == "cpu":
+            # The q, k, v views of a fused qkv conv are strided; SDPA's CPU kernel runs 3.5x
+            # faster on contiguous copies (fp32, head dim 8 at 16x16, docs/speed.md).
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return F.scaled_dot_product_attention(q, k, v)
     if torch.compiler.is_compiling():
         # Under torch.compile: plain ops, which inductor fuses and memory-plans itself, rather
@@ -163,6 +171,29 @@ class AttentionBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def position_features(channels: int, height: int, width: int, device=None) -> Tensor:
+    """Fixed 2D Fourier features of pixel positions, (channels, height, width), values in [-1, 1].
+
+    Each pixel centre has coordinates ``u`` in (-1, 1) across the map, so the same place of the
+    image gets the same low-frequency features at every resolution. For K = channels // 4
+    frequencies ``omega_k``, geometric from pi/2 (half a period across the map: one monotonic
+    ramp) to pi n / 2 (a period of two pixels), the channels are sin and cos of ``omega_k u_y``,
+    then of ``omega_k u_x`` (Fourier features, Tancik et al. 2020; the sin-cos 2D embedding of
+    ViT/MAE with frequencies set by the map size); channels beyond 4K are zero.
+    """
+    k = channels // 4
+    out = torch.zeros(channels, height, width, device=device)
+    if k == 0:
+        return out
+    for i, n in enumerate((height, width)):
+        u = (torch.arange(n, device=device) + 0.5) * (2 / n) - 1
+        omega = (math.pi / 2) * torch.logspace(0, math.log10(max(n, 2)), k, device=device)
+        angle = omega[:, None] * u[None, :]  # (K, n)
+        feats = torch.cat([angle.sin(), angle.cos()])  # (2K, n)
+        out[2 * k * i:2 * k * (i + 1)] = feats[:, :, None] if i == 0 else feats[:, None, :]
+    return out
+
+
 class CrossAttentionBlock(nn.Module):
     """Residual multi-head attention from the pixels (queries) to a caption's tokens (keys, values).
 
@@ -171,10 +202,15 @@ class CrossAttentionBlock(nn.Module):
     the softmax), so whatever sits in padded positions cannot change the output. A caption with no
     real token at all contributes nothing (the block is the identity for that row) instead of the
     NaN a softmax over no keys would give.
+
+    With ``positions`` the queries also see ``position_features`` of their pixel (added to the
+    normalised features before the query projection; no parameters).
     """
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int = 64, num_groups: int = 32) -> None:
+    def __init__(self, channels: int, context_dim: int, head_dim: int = 64, num_groups: int = 32,
+                 positions: bool = False) -> None:
         super().__init__()
+        self.positions = positions
         self.num_heads = num_heads(channels, head_dim)
         self.norm = group_norm(channels, num_groups)
         self.q = nn.Conv2d(channels, channels, 1)
@@ -184,7 +220,10 @@ class CrossAttentionBlock(nn.Module):
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         heads, d = self.num_heads, c // self.num_heads
-        q = self.q(self.norm(x)).reshape(b, heads, d, h * w).transpose(-1, -2)  # (B, heads, HW, d)
+        feats = self.norm(x)
+        if self.positions:
+            feats = feats + position_features(c, h, w, x.device).to(feats.dtype)
+        q = self.q(feats).reshape(b, heads, d, h * w).transpose(-1, -2)  # (B, heads, HW, d)
         k, v = self.kv(tokens).reshape(b, tokens.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         has_tokens = mask.any(dim=-1)
         allowed = (mask | ~has_tokens[:, None])[:, None, None, :]  # (B, 1, 1, L), broadcast over heads

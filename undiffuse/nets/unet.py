@@ -42,7 +42,7 @@ class UNetBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, *, attention: bool = False,
                  dropout: float = 0.0, scale_shift: bool = True, head_dim: int = 64,
-                 num_groups: int = 32, context_dim: int | None = None) -> None:
+                 num_groups: int = 32, context_dim: int | None = None, positions: bool = False) -> None:
         super().__init__()
         self.scale_shift = scale_shift
         self.norm1 = group_norm(in_channels, num_groups)
@@ -55,7 +55,7 @@ class UNetBlock(nn.Module):
         self.attn = AttentionBlock(out_channels, head_dim, num_groups) if attention else None
         # Only created when asked for: a net without text has no such parameters at all.
         if context_dim is not None:
-            self.cross_attn = CrossAttentionBlock(out_channels, context_dim, head_dim, num_groups)
+            self.cross_attn = CrossAttentionBlock(out_channels, context_dim, head_dim, num_groups, positions)
         else:
             self.cross_attn = None
 
@@ -119,7 +119,8 @@ class UNet(nn.Module):
       the unconditional prediction). The tokens feed cross-attention blocks at
       ``cross_attn_resolutions`` (default: where self-attention is; ignored without
       ``context_dim``) and in the middle; the pooled embedding is added to the noise embedding
-      (GLIDE, Imagen).
+      (GLIDE, Imagen). ``cross_attn_positions`` adds fixed position features to the
+      cross-attention queries (``undiffuse.nets.attention.position_features``).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int | None = None, image_size: int = 32,
@@ -127,7 +128,7 @@ class UNet(nn.Module):
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, num_classes: int | None = None,
                  head_dim: int = 64, num_groups: int = 32, resample_with_conv: bool = True,
                  scale_shift: bool = True, context_dim: int | None = None,
-                 cross_attn_resolutions: Sequence[int] | None = None) -> None:
+                 cross_attn_resolutions: Sequence[int] | None = None, cross_attn_positions: bool = False) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
         if context_dim is not None and num_classes is not None:
@@ -135,20 +136,21 @@ class UNet(nn.Module):
                              "not both; put the class in the caption instead")
         # Without text there is nothing to cross-attend to: the setting is dropped (a preset may carry it).
         if context_dim is None:
-            cross_res = None
+            cross_res, cross_attn_positions = None, False
         else:
             cross_res = list(attn_resolutions if cross_attn_resolutions is None else cross_attn_resolutions)
         self.config = dict(in_channels=in_channels, out_channels=out_channels, image_size=image_size,
                            channels=channels, channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
                            attn_resolutions=list(attn_resolutions), dropout=dropout, num_classes=num_classes,
                            head_dim=head_dim, num_groups=num_groups, resample_with_conv=resample_with_conv,
-                           scale_shift=scale_shift, context_dim=context_dim, cross_attn_resolutions=cross_res)
+                           scale_shift=scale_shift, context_dim=context_dim, cross_attn_resolutions=cross_res,
+                           cross_attn_positions=cross_attn_positions)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.num_classes, self.context_dim = image_size, num_classes, context_dim
         self.num_levels = len(channel_mult)
         emb_dim = 4 * channels
         block = dict(emb_dim=emb_dim, dropout=dropout, scale_shift=scale_shift, head_dim=head_dim,
-                     num_groups=num_groups)
+                     num_groups=num_groups, positions=cross_attn_positions)
 
         def at(level: int) -> dict:  # what the blocks of a level attend to
             res = image_size >> level
@@ -243,7 +245,9 @@ UNET_PRESETS: dict[str, dict] = {
     # The CPU demo: width where compute is cheap (8x8), attention only there (docs/mnist_recipe.md).
     "mnist-demo": dict(in_channels=1, image_size=32, channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
                        attn_resolutions=(8,), dropout=0.0),
-    # The demo's layout for captions: cross-attention also at 16x16, where positions are still resolved.
+    # The demo's layout for captions: cross-attention also at 16x16, where positions are still
+    # resolved, its queries told where they are (docs/text.md measures the difference).
     "text-small": dict(in_channels=3, image_size=32, channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
-                       attn_resolutions=(8,), cross_attn_resolutions=(16, 8), dropout=0.0),
+                       attn_resolutions=(8,), cross_attn_resolutions=(16, 8), cross_attn_positions=True,
+                       dropout=0.0),
 }

@@ -1,0 +1,60 @@
+"""`undiffuse eval`: the command line of ``undiffuse.evaluate`` (and, for text runs, of
+``undiffuse.evaluate_text`` through ``cli_text.cmd_eval_text``), alone or under torchrun."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli_text import add_eval_text_options
+from .distributed import DEVICES
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="measure a trained run (FID-style, KID, PRDC, bits/dim, plots; prompt adherence for text runs)",
+                       description="Measure a run's samples against real data in a feature network's "
+                                   "space, beside the real-data floor; write eval.json and plots.")
+    # --run-dir and --num-samples also: under torchrun, whose own parser takes a bare --run for its
+    # --run-path and --n for --nnodes / --nproc-per-node (argparse prefix matching) and stops.
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by `undiffuse train`")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=2000, help="number of generated samples")
+    p.add_argument("--sampler", default="ddim", help="sampler (`undiffuse samplers` lists them)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
+                   help="step schedule (default: the sampler's own)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
+    p.add_argument("--nll-steps", type=int, default=100,
+                   help="DDPM steps evaluated for the bound (log-spaced groups, unbiased estimate)")
+    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (about 2x faster here)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per sampling batch")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where to sample (auto: CUDA when present); torchrun shares the batches out")
+    p.add_argument("--standard-fid", action="store_true",
+                   help="also the standard Inception FID via torchmetrics (needs its cached weights)")
+    p.add_argument("--inception-weights", default=None,
+                   help="path to the FID Inception weights for --standard-fid")
+    add_eval_text_options(p)
+
+
+def cmd_eval(args) -> int:
+    from . import distributed
+    from .cli_text import cmd_eval_text, is_text_run
+    from .evaluate import evaluate, format_table
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # Under torchrun the processes share the sampling; rank 0 alone measures, writes and prints.
+    with distributed.process_group(args.device):
+        if is_text_run(args.run):
+            return cmd_eval_text(args)
+        result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
+                          spacing=args.spacing, guidance=args.guidance, seed=args.seed,
+                          nll_images=args.nll_images, nll_steps=args.nll_steps, bf16=args.bf16,
+                          standard_fid=args.standard_fid, inception_weights=args.inception_weights,
+                          batch=args.batch_size, device=args.device)
+        if distributed.is_main():
+            print(format_table(result))
+            print(f"written: {Path(args.run) / 'eval.json'}")
+            for name, path in result.get("plots", {}).items():
+                print(f"  {name}: {path}")
+    return 0
