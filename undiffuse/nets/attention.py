@@ -13,7 +13,7 @@ Every tensor is reshaped (never ``view``-ed) so channels_last inputs work. Self-
 through ``attend``, which picks the kernel by measurement (docs/speed.md): on the CPU in bf16 a
 matmul-softmax over cache-sized chunks (``chunked_attention``), 2.3-2.6x faster than SDPA's CPU
 flash kernel in forward + backward at head dims 8-64; everywhere else (fp32, CUDA)
-``scaled_dot_product_attention`` unchanged. Cross-attention (short captions, a padding mask) always
+``scaled_dot_product_attention``, on the CPU given contiguous q, k, v. Cross-attention (short captions, a padding mask) always
 uses SDPA.
 
 Cross-attention can add fixed 2D Fourier features of each pixel's position to its queries
