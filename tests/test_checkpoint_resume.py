@@ -190,6 +190,22 @@ def test_resume_refuses_changed_settings_and_allows_new_stopping_points(tmp_path
     assert longer.step == 6 and latest_checkpoint(tmp_path).name == "step-00000006"
 
 
+def test_resume_refuses_a_changed_network(tmp_path):
+    # A preset that gains a parameter-free setting (as text-small gained cross_attn_positions) would
+    # load the old weights without complaint: resume must compare the architecture too.
+    data = digits(64)
+    cfg = resume_cfg(tmp_path, steps=2, sample_every=0)
+    Trainer(cfg, data=data).fit(progress=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["net"].pop("cross_attn_positions")  # an older config: the missing key means the default
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert Trainer(cfg.updated(steps=3), data=data).resume()
+    config["net"]["dropout"] = 0.3  # no parameters either: the weights alone would not tell
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"network differs.*dropout: saved 0.3, now 0.1"):
+        Trainer(cfg.updated(steps=3), data=data).resume()
+
+
 # --- 3. atomic checkpoints --------------------------------------------------------------------------
 
 

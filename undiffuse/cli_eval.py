@@ -2,10 +2,13 @@
 ``undiffuse.evaluate_text`` through ``cli_text.cmd_eval_text``), alone or under torchrun."""
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 from .cli_text import add_eval_text_options
 from .distributed import DEVICES
+from .processes import is_cold
 
 
 def add_eval(sub) -> None:
@@ -43,8 +46,12 @@ def cmd_eval(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    # Under torchrun the processes share the sampling; rank 0 alone measures, writes and prints.
-    with distributed.process_group(args.device):
+    config = Path(args.run) / "config.json"
+    if config.exists() and is_cold(json.loads(config.read_text()).get("process", "")):
+        args.device = "cpu"  # the cold samplers draw on the CPU
+    # Under torchrun the processes share the sampling; rank 0 alone measures, writes and prints
+    # while the others wait (hence a long timeout: the bound and plots can take a while).
+    with distributed.process_group(args.device, timeout=timedelta(hours=3)):
         if is_text_run(args.run):
             return cmd_eval_text(args)
         result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,

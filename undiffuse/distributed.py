@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -63,11 +64,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @contextmanager
-def process_group(device: str | torch.device = "auto") -> Iterator[None]:
+def process_group(device: str | torch.device = "auto", timeout: timedelta | None = None) -> Iterator[None]:
     """Initialise the process group from torchrun's environment for the body, then tear it down.
 
     Does nothing outside torchrun or when a group already exists (a caller that set one up keeps
-    it). Backend: nccl for CUDA, gloo for the CPU.
+    it). Backend: nccl for CUDA, gloo for the CPU. ``timeout``: how long a collective may wait
+    (torch's default: 10 minutes for nccl, 30 for gloo); evaluation, where ranks wait while rank 0
+    measures, asks for more.
     """
     if not launched_by_torchrun() or is_distributed():
         yield
@@ -75,7 +78,7 @@ def process_group(device: str | torch.device = "auto") -> Iterator[None]:
     device = resolve_device(device) if isinstance(device, str) else device
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl binds each process to the current device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     ok = False
     try:
         yield

@@ -47,7 +47,8 @@ def sample_prompts(pipe, texts: Sequence[str], *, guidance: float, sampler: str 
                    seed: int = 0, batch: int = 100, **options) -> Tensor:
     """One sample per entry of ``texts`` (a prompt repeated k times gives k samples), on the CPU, in
     batches seeded by their position, so the result does not depend on anything sampled before nor
-    on how many processes share the batches (``distributed.shard_batches``)."""
+    on how many processes share the batches (``distributed.shard_batches``). Inside a process group
+    every rank must call it: the batches are gathered from all of them."""
     out = []
     for i, size in distributed.shard_batches(len(texts), batch):
         out.append(pipe.sample(size, prompts=list(texts[i:i + size]), guidance=guidance, sampler=sampler,

@@ -222,13 +222,14 @@ class Pipeline:
 
         if prompts is None:
             prompts = NULL_CAPTION
+        device = next(self.denoiser.parameters()).device  # the encoder runs on the CPU; the net may not
         if isinstance(prompts, str):
-            return encode_captions(self.encoder, [prompts]).repeat(n)
+            return encode_captions(self.encoder, [prompts]).repeat(n).to(device)
         prompts = list(prompts)
         if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"{what} must be one string (used for every sample) or a list of {n} strings, one "
                              f"per sample; got {len(prompts)} items")
-        return encode_captions(self.encoder, prompts)
+        return encode_captions(self.encoder, prompts).to(device)
 
     def classifier(self):
         """The run's noise-conditional classifier (``RUN/classifier``), loaded once."""

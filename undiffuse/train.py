@@ -51,7 +51,7 @@ from .config import TrainConfig
 from .data import TensorData, load_dataset
 from .denoiser import Denoiser
 from .losses import diffusion_loss
-from .nets import build_net, net_config
+from .nets import build_net, config_differences, net_config
 from .processes import make_process
 from .processes.cold import cold_loss
 from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
@@ -214,6 +214,12 @@ class Trainer:
         if changed:
             raise ValueError(f"cannot resume {self.run_dir}: settings differ from the saved run "
                              f"({', '.join(sorted(changed))}); use the same settings or a new --out")
+        # A preset that gained a parameter-free setting since would load the old weights silently.
+        diff = config_differences(read_json(self.run_dir / "config.json").get("net"), self.denoiser.net)
+        if diff:
+            raise ValueError(f"cannot resume {self.run_dir}: the network differs from the saved run's ({diff}); "
+                             "its preset has changed since the run was saved. The run still loads as it was "
+                             "(`undiffuse.load`, `undiffuse sample`); to train on, start a new run with --out")
         self.denoiser.load_state_dict(load_weights(ckpt / "model.safetensors"))
         self.ema.load_state_dict(load_weights(ckpt / "ema.safetensors"))
         state = read_json(ckpt / "state.json")

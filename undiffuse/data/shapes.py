@@ -160,6 +160,8 @@ def render_prompts(prompts: list[ShapePrompt], seed: int = 0) -> Tensor:
     """Real images (N, 3, 32, 32) of exactly what each prompt states, jittered as the dataset is
     (seeded); a size or position left unsaid is drawn at random (positions in free cells). The
     reference of a prompt-matched FID: the distribution a perfectly adherent model would draw."""
+    if any(len(p.objects) > 2 for p in prompts):
+        raise ValueError("render_prompts draws at most two objects per prompt, as the shapes dataset does")
     rng = np.random.default_rng(seed)
     n = len(prompts)
     attrs = {k: torch.full((n, 2), -1, dtype=torch.long) for k in ("colour", "shape", "size", "position")}

@@ -10,6 +10,8 @@ so a run directory can store the architecture next to the weights.
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 
 from torch import nn
 
@@ -20,7 +22,7 @@ from .unet import UNET_PRESETS, UNet
 
 __all__ = ["UNet", "MLPDenoiser", "TimeEmbedding", "ClassEmbedding", "TextConditioning", "timestep_embedding",
            "AttentionBlock", "CrossAttentionBlock",
-           "UNET_PRESETS", "NET_TYPES", "build_net", "net_config"]
+           "UNET_PRESETS", "NET_TYPES", "build_net", "net_config", "config_differences"]
 
 NET_TYPES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLPDenoiser}
 
@@ -61,3 +63,15 @@ def net_config(net: nn.Module) -> dict:
         if isinstance(net, cls):
             return {"type": net_type, **copy.deepcopy(net.config)}
     raise TypeError(f"net_config knows {sorted(NET_TYPES)}, not {type(net).__name__}")
+
+
+def config_differences(saved: dict | None, net: nn.Module) -> str:
+    """How ``net`` differs from a saved ``net_config`` ("" when it does not, or nothing was saved),
+    compared in JSON form; a key an older config lacks counts as the constructor's default."""
+    if saved is None:
+        return ""
+    built = json.loads(json.dumps(net_config(net)))
+    params = inspect.signature(NET_TYPES[built["type"]]).parameters.items()
+    defaults = json.loads(json.dumps({k: p.default for k, p in params if p.default is not inspect.Parameter.empty}))
+    changed = sorted(k for k in built if saved.get(k, defaults.get(k)) != built[k])
+    return ", ".join(f"{k}: saved {saved.get(k, defaults.get(k))!r}, now {built[k]!r}" for k in changed)

@@ -174,8 +174,8 @@ class AttentionBlock(nn.Module):
 def position_features(channels: int, height: int, width: int, device=None) -> Tensor:
     """Fixed 2D Fourier features of pixel positions, (channels, height, width), values in [-1, 1].
 
-    Each pixel centre has coordinates ``u`` in (-1, 1) across the map, so the same place of the
-    image gets the same low-frequency features at every resolution. For K = channels // 4
+    Each pixel centre has coordinates ``u`` in (-1, 1) across the map, so the lowest frequency
+    gives the same place of the image the same value at every resolution. For K = channels // 4
     frequencies ``omega_k``, geometric from pi/2 (half a period across the map: one monotonic
     ramp) to pi n / 2 (a period of two pixels), the channels are sin and cos of ``omega_k u_y``,
     then of ``omega_k u_x`` (Fourier features, Tancik et al. 2020; the sin-cos 2D embedding of
