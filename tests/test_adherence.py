@@ -175,7 +175,7 @@ def test_evaluate_text_model_with_an_oracle_pipeline(judge):
     assert result["real"]["adherence"] > 0.8
     assert all(n <= 20 for n, _, _ in pipe.calls)  # batched
     table = format_text_table(result)
-    assert "adherence (heldout)" in table and "| 2 |" in table
+    assert "adherence (heldout) [1 obj / 2 obj]" in table and "| 2 |" in table
 
 
 def test_evaluate_text_model_refuses_class_models():

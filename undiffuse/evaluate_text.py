@@ -135,12 +135,20 @@ def _entry(score: dict, prompts: Sequence) -> dict:
 
 
 def format_text_table(result: dict) -> str:
-    """Adherence per split and the FID-style score per guidance scale, as a Markdown table."""
+    """Adherence per split (and by number of objects, where prompts state several) and the
+    FID-style score per guidance scale, as a Markdown table."""
     splits = list(result["prompts"])
-    head = "| guidance w | " + " | ".join(f"adherence ({s})" for s in splits) + " | FID-style |"
-    lines = [head, "|---" * (len(splits) + 2) + "|"]
+    first = next(iter(result["scales"].values()), {})
+    counts = {s: list(first.get(s, {}).get("by_objects", {})) for s in splits}
+    names = [f"adherence ({s})" + (f" [{' / '.join(k + ' obj' for k in counts[s])}]" if counts[s] else "")
+             for s in splits]
+    lines = ["| guidance w | " + " | ".join(names) + " | FID-style |", "|---" * (len(splits) + 2) + "|"]
     for w, entry in result["scales"].items():
-        cells = [f"{entry[s]['adherence']:.3f}" for s in splits]
+        cells = []
+        for s in splits:
+            by = entry[s].get("by_objects", {})
+            cells.append(f"{entry[s]['adherence']:.3f}" + (f" [{' / '.join(f'{by[k]:.3f}' for k in counts[s])}]"
+                                                          if counts[s] else ""))
         lines.append(f"| {w} | " + " | ".join(cells) + f" | {entry.get('fid', float('nan')):.4g} |")
     real = result["real"]["adherence"]
     lines.append(f"| real images | {real:.3f} (all) |" + " |" * (len(splits) - 1)
