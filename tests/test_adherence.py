@@ -141,6 +141,7 @@ class OraclePipe:
     the picture of another prompt (guidance < 1), so adherence must be ~1 and ~0 respectively."""
 
     is_text = True
+    shape = (3, 32, 32)
 
     def __init__(self, prompts):
         self.by_text = {p.text: p for split in prompts.values() for p in split}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -170,6 +170,19 @@ def shard_batches(n: int, batch: int) -> list[tuple[int, int]]:
     first = r * per + min(r, extra)
     mine = starts[first:first + per + (r < extra)]
     return [(s, min(batch, n - s)) for s in mine]
+
+
+def gather_batches(n: int, batch: int, draw: Callable[[int, int], torch.Tensor],
+                   item_shape: Sequence[int]) -> torch.Tensor:
+    """``draw(start, size)`` for this rank's ``shard_batches(n, batch)``, gathered from every rank
+    in order and returned on the CPU: (n, *item_shape). Every rank of a process group must call it.
+    A rank without a batch joins the gather with an empty tensor where the backend communicates."""
+    parts = [draw(start, size) for start, size in shard_batches(n, batch)]
+    if parts:
+        mine = torch.cat(parts)
+    else:
+        mine = torch.zeros(0, *item_shape, device=_comm_device() if is_distributed() else None)
+    return all_gather_cat(mine).cpu()
 
 
 def _comm_device() -> torch.device:

@@ -36,14 +36,10 @@ def _sample(pipe: Pipeline, n: int, sampler: str, steps: int, spacing: str | Non
     Batch ``i`` is drawn with seed ``seed + i`` wherever it runs: this process's share of the
     batches (all of them outside torchrun), gathered from every rank in order."""
     labels = None if pipe.num_classes is None else torch.arange(n) % pipe.num_classes
-    out, t0 = [], time.perf_counter()
-    for i, size in distributed.shard_batches(n, batch):
-        lab = None if labels is None else labels[i:i + size]
-        out.append(pipe.sample(size, sampler=sampler, steps=steps, spacing=spacing, seed=seed + i,
-                               class_labels=lab, guidance=guidance, bf16=bf16).float())
-    # A rank with no batch (fewer batches than ranks) still joins the gather, with nothing.
-    mine = torch.cat(out) if out else torch.zeros(0, *pipe.shape, device=next(pipe.denoiser.parameters()).device)
-    samples = distributed.all_gather_cat(mine).cpu()
+    t0 = time.perf_counter()
+    samples = distributed.gather_batches(n, batch, lambda i, size: pipe.sample(
+        size, sampler=sampler, steps=steps, spacing=spacing, seed=seed + i, guidance=guidance, bf16=bf16,
+        class_labels=None if labels is None else labels[i:i + size]), pipe.shape)
     return samples, labels, n / (time.perf_counter() - t0)
 
 

@@ -49,13 +49,9 @@ def sample_prompts(pipe, texts: Sequence[str], *, guidance: float, sampler: str 
     batches seeded by their position, so the result does not depend on anything sampled before nor
     on how many processes share the batches (``distributed.shard_batches``). Inside a process group
     every rank must call it: the batches are gathered from all of them."""
-    out = []
-    for i, size in distributed.shard_batches(len(texts), batch):
-        out.append(pipe.sample(size, prompts=list(texts[i:i + size]), guidance=guidance, sampler=sampler,
-                               steps=steps, seed=seed + i, **options).float())
-    # A rank with no batch (fewer batches than ranks) still joins the gather, with nothing.
-    mine = torch.cat(out) if out else torch.zeros(0, *pipe.shape, device=next(pipe.denoiser.parameters()).device)
-    return distributed.all_gather_cat(mine).cpu().clamp(-1, 1)
+    return distributed.gather_batches(len(texts), batch, lambda i, size: pipe.sample(
+        size, prompts=list(texts[i:i + size]), guidance=guidance, sampler=sampler, steps=steps, seed=seed + i,
+        **options).float(), pipe.shape).clamp(-1, 1)
 
 
 def _dataset_of(pipe) -> str:

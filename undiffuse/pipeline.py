@@ -117,8 +117,8 @@ class Pipeline:
         fast = self.fast_denoiser(bf16, compile)
         gen = torch.Generator().manual_seed(seed)
         ts = timesteps(self.process, steps, spacing or info.spacing)
-        device = next(self.denoiser.parameters()).device  # drawn on the CPU, as everywhere: same samples
-        x = self.process.prior((n, *self.shape), gen, t=ts[0]).to(device)
+        device = self.device
+        x = self.process.prior((n, *self.shape), gen, t=ts[0]).to(device)  # drawn on the CPU: same samples
         if self.is_text:
             if class_labels is not None:
                 raise ValueError("this model is text-conditional: it takes prompts, not class labels")
@@ -149,7 +149,7 @@ class Pipeline:
         version = sum(p._version for p in self.denoiser.parameters())
         if version != self._fast_version:
             self._fast, self._fast_version = {}, version
-        key = (bf16 and self.bf16_weights, compile, next(self.denoiser.parameters()).device)
+        key = (bf16 and self.bf16_weights, compile, self.device)
         if key not in self._fast:
             d = self.denoiser
             net = bf16_inference_copy(d.net) if key[0] else copy.deepcopy(d.net)
@@ -199,6 +199,11 @@ class Pipeline:
         return ClassifierFreeGuidance(denoiser, guidance, null_cond=null)
 
     @property
+    def device(self) -> torch.device:
+        """Where the model is (``pipe.denoiser.to(...)`` moves it); samples come back from there."""
+        return next(self.denoiser.parameters()).device
+
+    @property
     def encoder(self):
         """The run's frozen text encoder (``undiffuse.text.get_encoder``), loaded on first use."""
         if self._encoder is None:
@@ -222,7 +227,7 @@ class Pipeline:
 
         if prompts is None:
             prompts = NULL_CAPTION
-        device = next(self.denoiser.parameters()).device  # the encoder runs on the CPU; the net may not
+        device = self.device  # the encoder runs on the CPU; the net may not
         if isinstance(prompts, str):
             return encode_captions(self.encoder, [prompts]).repeat(n).to(device)
         prompts = list(prompts)

@@ -246,21 +246,6 @@ class DigitJudge:
         per_image = [{k: [int(read[k][i]) == v] for k, v in p.stated().items()} for i, p in enumerate(prompts)]
         return _summarise(per_image)
 
-    def real_reference(self, n: int, seed: int = 0):
-        """Real held-out digits (the half ``undiffuse eval`` also uses) and prompts stating their attributes."""
-        from ..data import load_dataset
-        from ..data.mnist_captions import DIGIT_WORDS, SLANT_NAMES, THICKNESS_NAMES
-
-        held = load_dataset("mnist").split(0.5, seed=seed)[1]
-        if n > len(held):
-            raise ValueError(f"MNIST has {len(held)} held-out digits, {n} were asked for; use fewer prompts or "
-                             "samples per prompt (the FID-style score needs twice the number of samples)")
-        held = held.select(torch.arange(n))
-        a = held.attributes
-        prompts = [DigitPrompt(f"a {THICKNESS_NAMES[t]}, {SLANT_NAMES[s]} {DIGIT_WORDS[d]}", d, t, s)
-                   for d, t, s in zip(a["digit"].tolist(), a["thickness"].tolist(), a["slant"].tolist())]
-        return held.x, prompts
-
     def real_for(self, prompts: Sequence[DigitPrompt], draw: int, seed: int = 0) -> Tensor:
         """For each prompt a real held-out digit with every attribute it states, drawn (seeded) from
         half ``draw`` (0 or 1) of the held-out digits, so two draws never share an image. Where that
@@ -269,7 +254,7 @@ class DigitJudge:
 
         if draw not in (0, 1):
             raise ValueError(f"draw must be 0 or 1 (two disjoint halves of the held-out digits), got {draw}")
-        held = load_dataset("mnist").split(0.5, seed=seed)[1]
+        held = load_dataset("mnist").split(0.5, seed=seed)[1]  # the half `undiffuse eval` holds out
         pool = held.select(torch.arange(draw, len(held), 2))
         attrs = {k: pool.attributes[k] for k in ("digit", "thickness", "slant")}
         gen = torch.Generator().manual_seed(seed + draw)
