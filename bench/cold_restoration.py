@@ -33,8 +33,11 @@ from undiffuse.data.builtin import load_photos
 
 ROOT = Path("runs/cold")
 DOCS = Path("docs")
+#: The restorer recipe chosen by the one-factor sweep (bench/cold_sweep.py, docs/cold.md): the network
+#: sees a standardized input and predicts the residual x0 - x_t.
+RECIPE = dict(standardize_input=True, residual=True)
 RUNS: dict[str, dict] = {
-    "blur": dict(process="blur", data="mnist", steps=500),
+    "blur": dict(process="blur", data="mnist", steps=3500, **RECIPE),
     "ddpm": dict(process="ddpm:cosine:1000", data="mnist", steps=500),
     "mask": dict(process="mask", data="mnist", steps=500),
     "pixelate": dict(process="pixelate", data="mnist", steps=500),

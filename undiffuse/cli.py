@@ -53,6 +53,8 @@ TRAIN_FLAGS: dict[str, str] = {
     "sampler": "sampler for the grids (default ddim; improved for a cold process; `undiffuse samplers`)",
     "sample_steps": "sampler steps for the grids",
     "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
+    "severity_weighting": "cold processes: how training draws severities t: uniform (the paper's) or "
+                          "linear (P(t) proportional to t, toward the hard levels)",
     **TEXT_TRAIN_FLAGS,
 }
 BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
@@ -62,6 +64,8 @@ BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
               "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)",
               "labels_from_subfolders": "image folders: class labels from first-level sub-folders",
               "residual": "cold processes: the network predicts x0 - x_t instead of x0",
+              "standardize_input": "cold processes: the network sees (x_t - mean) / std with the mean "
+                                   "and log std as extra planes (keeps heavy blur's detail under bf16)",
               **TEXT_BOOL_FLAGS}
 
 

@@ -195,7 +195,8 @@ def _gaussian_only(spacing, classifier_scale, sampler) -> None:
 def load_cold(run_dir: Path, cfg: dict, ckpt: Path, weights: str = "ema") -> ColdPipeline:
     """The ColdPipeline of a cold run directory (``undiffuse.load`` calls this)."""
     restorer = ColdRestorer(build_net(cfg["net"]), degradation_from_config(cfg["process"]),
-                            residual=bool(cfg["denoiser"].get("residual", False)))
+                            residual=bool(cfg["denoiser"].get("residual", False)),
+                            standardize=bool(cfg["denoiser"].get("standardize_input", False)))
     restorer.load_state_dict(load_weights(ckpt / f"{weights}.safetensors"))
     data = cfg["data"]
     return ColdPipeline(restorer, data["shape"], data["num_classes"], data.get("class_names"), run_dir)

@@ -12,7 +12,7 @@ Gaussian diffusion that a cold run has no use for (``GAUSSIAN_ONLY``: prediction
 snr_gamma, learn_variance) must keep their default values for a cold process, or the config is
 refused with an error naming them (prediction "x0" and weighting "uniform" are accepted too: they
 say what a cold run does, and ``resolved`` sets them so); ``clip_x0`` is not used by cold runs.
-``residual`` is cold-only.
+``residual`` and ``standardize_input`` (``ColdRestorer``) are cold-only.
 
 ``text`` makes a text-to-image run (Gaussian processes only): the U-Net cross-attends to the
 captions' token embeddings from the frozen encoder ``text_encoder`` (``undiffuse.text``) and adds
@@ -29,6 +29,7 @@ from .distributed import DEVICES
 from .losses import LOSSES, WEIGHTINGS
 from .processes import is_cold
 from .processes.cold import make_degradation
+from .processes.cold.base import SEVERITY_WEIGHTINGS
 from .samplers.cold import COLD_SAMPLERS
 
 #: Gaussian-only settings and the values a cold process accepts for them (the defaults first).
@@ -56,6 +57,8 @@ class TrainConfig:
     caption_column: str = "text"  # image folders with text: the caption column of metadata.jsonl
     learn_variance: bool = False
     residual: bool = False  # cold processes only: the network predicts x0 - x_t (official --residual)
+    standardize_input: bool = False  # cold processes only: the net sees (x_t - mu) / s, mu, log s
+    severity_weighting: str = "uniform"  # cold processes only: how training draws t ("linear": P(t) ~ t)
     clip_x0: float | None = 1.0  # images only: clamp x0_hat to the data range while sampling
     # objective
     loss: str | None = None  # None: l2 for Gaussian processes, l1 (the paper's) for cold ones
@@ -122,8 +125,12 @@ class TrainConfig:
             raise ValueError(f"invalid training config: sampler {self.sampler!r} is a cold-diffusion "
                              f"sampler, but process {self.process!r} is Gaussian; use ddim, ddpm, ... "
                              "(`undiffuse samplers`) or a cold process (blur, mask, ...)")
-        if self.residual and not is_cold(self.process):
-            raise ValueError("invalid training config: residual applies to cold processes only "
+        if self.severity_weighting not in SEVERITY_WEIGHTINGS:
+            raise ValueError(f"invalid training config: severity_weighting must be one of {SEVERITY_WEIGHTINGS}")
+        cold_only = self.residual or self.standardize_input or self.severity_weighting != "uniform"
+        if cold_only and not is_cold(self.process):
+            raise ValueError("invalid training config: residual, standardize_input and severity_weighting "
+                             "apply to cold processes only "
                              "(Gaussian runs choose what the network predicts with prediction)")
 
     def _validate_cold(self) -> None:

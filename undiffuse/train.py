@@ -246,7 +246,8 @@ class Trainer:
         labels = self._labels(idx)
         dropped = None if self.text is None else drop_captions(self.gen, b, cfg.caption_dropout)
         shape = (b, *data.x.shape[1:])
-        t = self.process.sample_t(b, self.gen)
+        t = self.process.sample_t(b, self.gen, weighting=cfg.severity_weighting) if self.cold \
+            else self.process.sample_t(b, self.gen)
         if self.cold:  # the degradation's random state (None for deterministic ones) instead of noise
             state = self.process.sample_state(shape, self.gen, dtype=data.x.dtype)
         else:

@@ -10,7 +10,7 @@ keeps its share (see ``undiffuse.train``). The loss is ``processes.cold.cold_los
 What this module adds:
 
 * ``build_restorer``: the network sized to the data, wrapped in ``ColdRestorer`` (saved config
-  ``{"prediction": "x0", "residual": ...}``);
+  ``{"prediction": "x0", "residual": ..., "standardize_input": ...}``);
 * the generation prior: at the start of training rank 0 fits a one-component
   ``GaussianMixturePrior`` to ``degradation.summarize(D(x0, T))`` of the training images (at most
   ``MAX_PRIOR_IMAGES`` of them) and writes it atomically to ``RUN/cold_prior.json``, unless the
@@ -54,13 +54,17 @@ def build_restorer(cfg, data: TensorData) -> ColdRestorer:
                          f"{data.x.shape[1]}-D points; train it on mnist, digits or an image folder")
     num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None) else None
     c, size = data.x.shape[1], data.x.shape[-1]
-    net = build_net(cfg.net, in_channels=c, out_channels=c, image_size=size, num_classes=num_classes)
-    return ColdRestorer(net, make_degradation(cfg.process), residual=cfg.residual)
+    # A standardized input carries mu and log s beside (x - mu) / s: three planes per channel.
+    in_channels = 3 * c if cfg.standardize_input else c
+    net = build_net(cfg.net, in_channels=in_channels, out_channels=c, image_size=size, num_classes=num_classes)
+    return ColdRestorer(net, make_degradation(cfg.process), residual=cfg.residual,
+                        standardize=cfg.standardize_input)
 
 
 def restorer_config(restorer: ColdRestorer) -> dict:
     """The run's "denoiser" entry for a cold run: what the network predicts."""
-    return {"prediction": "x0", "residual": bool(restorer.residual)}
+    return {"prediction": "x0", "residual": bool(restorer.residual),
+            "standardize_input": bool(restorer.standardize)}
 
 
 def has_own_prior(degradation: Degradation, shape: tuple[int, ...]) -> bool:

@@ -1,7 +1,7 @@
 """Measurement: SSIM and RMSE, feature-space FID / KID, precision / recall / density / coverage, class statistics
 (with the feature network that stands in for Inception on the built-in datasets), the standard
 Inception FID where the user has its weights, likelihoods in bits/dim, and rate–distortion."""
-from .classes import class_statistics
+from .classes import class_agreement, class_statistics
 from .features import (FeatureNet, extract_features, get_feature_net, load_feature_net, predict_labels,
                        save_feature_net, train_feature_net)
 from .fid import feature_stats, fid_from_features, frechet_distance, kid
@@ -13,7 +13,7 @@ from .rate_distortion import plot_rate_distortion, rate_distortion
 from .ssim import rmse, ssim
 
 __all__ = ["frechet_distance", "feature_stats", "fid_from_features", "kid", "prdc", "knn_radii",
-           "class_statistics", "FeatureNet", "train_feature_net", "get_feature_net", "extract_features",
+           "class_statistics", "class_agreement", "FeatureNet", "train_feature_net", "get_feature_net", "extract_features",
            "predict_labels", "save_feature_net", "load_feature_net", "standard_fid", "UnavailableError",
            "vlb_bits_per_dim", "ode_log_likelihood", "dequantized_bits_per_dim", "quantize_8bit",
            "bits_per_dim", "rate_distortion", "plot_rate_distortion", "ssim", "rmse"]

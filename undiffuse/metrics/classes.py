@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["class_statistics"]
+__all__ = ["class_statistics", "class_agreement"]
 
 #: A class counts as "well present" when it holds at least this fraction of its uniform share N / K.
 PRESENT_FRACTION = 0.1
@@ -73,3 +73,15 @@ def class_statistics(
         "kl": float(torch.xlogy(p, p / q).sum()),  # xlogy: 0 log 0 = 0 when smoothing = 0
         "reference": "data" if data_labels is not None else "uniform",
     }
+
+
+def class_agreement(predicted: Tensor, true: Tensor) -> float:
+    """The share of restored images that a classifier assigns to the class of the image they came
+    from: ``mean(predicted == true)``. Fidelity, where FID-style scores realism: a restorer that
+    draws *some* sharp digit scores well in FID-style and only this tells whether it is *this* one.
+    ``predicted`` comes from a classifier (``metrics.predict_labels``) on the restorations."""
+    predicted, true = torch.as_tensor(predicted).reshape(-1), torch.as_tensor(true).reshape(-1)
+    if predicted.shape != true.shape or predicted.numel() == 0:
+        raise ValueError(f"need as many predicted as true labels (at least one), got {predicted.numel()} "
+                         f"and {true.numel()}")
+    return (predicted.long().cpu() == true.long().cpu()).double().mean().item()

@@ -111,12 +111,20 @@ class Degradation:
     # --- the forward process as training and sampling use it -----------------------------------
 
     def sample_t(self, n: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> Tensor:
-        """Training severities: uniform on {1, ..., T} (the official code draws t in 0..T-1 and
-        applies t + 1 steps, the same thing). Drawn on the generator's device, then moved; like
+                 device: torch.device | str = "cpu", weighting: str = "uniform") -> Tensor:
+        """Training severities on {1, ..., T}: uniform (the paper's; the official code draws t in
+        0..T-1 and applies t + 1 steps, the same thing), or ``weighting="linear"``, P(t) = 2t / (T(T+1)),
+        toward the hard levels. Drawn on the generator's device, then moved; like
         ``GaussianProcess.sample_t``, ``generator=None`` means torch's global RNG."""
         gen_device = generator.device if generator is not None else "cpu"
-        return torch.randint(1, self.num_steps + 1, (n,), generator=generator, device=gen_device).to(device)
+        if weighting == "uniform":
+            t = torch.randint(1, self.num_steps + 1, (n,), generator=generator, device=gen_device)
+        elif weighting == "linear":
+            w = torch.arange(1, self.num_steps + 1, dtype=torch.float64, device=gen_device)
+            t = torch.multinomial(w, n, replacement=True, generator=generator) + 1
+        else:
+            raise ValueError(f"unknown severity weighting {weighting!r}; choose one of {SEVERITY_WEIGHTINGS}")
+        return t.to(device)
 
     def noise_label(self, t: Tensor) -> Tensor:
         """What a network's time embedding sees: 1000 t / T (the DDPM-style range of undiffuse's nets)."""
@@ -215,22 +223,48 @@ class SeparableDegradation(Degradation):
         return torch.einsum("bij,bcjk,blk->bcil", ah, x0, aw)
 
 
+#: How training draws severities (``Degradation.sample_t``).
+SEVERITY_WEIGHTINGS = ("uniform", "linear")
+
+
 class ColdRestorer(nn.Module):
     """A network as the restoration operator ``R(x_t, t) -> x0_hat`` of Bansal et al. 2022 (sec. 3).
 
     Calls ``net(x_t, degradation.noise_label(t), cond)``; with ``residual=True`` the network predicts
     ``x0 - x_t`` instead (the official code's ``--residual`` option). Any callable
     ``restore(x, t) -> x0_hat`` works with the samplers; this is the one for undiffuse's nets.
+
+    ``standardize=True`` feeds the network ``standardized_input(x_t)``: per image and channel,
+    ``(x_t - mu) / s`` beside ``mu`` and ``log s`` as constant planes (3C input channels). Heavy blur
+    leaves the digit in deviations of ~1e-3 around the image mean: bf16 (8 mantissa bits) rounds
+    them away and a raw-input net must learn a gain of ~1000 first; standardized, they are O(1) and
+    nothing is lost (``mu`` and ``s`` travel beside them).
     """
 
-    def __init__(self, net: nn.Module, degradation: Degradation, residual: bool = False):
+    def __init__(self, net: nn.Module, degradation: Degradation, residual: bool = False,
+                 standardize: bool = False):
         super().__init__()
-        self.net, self.degradation, self.residual = net, degradation, residual
+        self.net, self.degradation = net, degradation
+        self.residual, self.standardize = residual, standardize
 
     def forward(self, x: Tensor, t: int | Tensor, cond: Tensor | None = None) -> Tensor:
         t = self.degradation.severities(t, x)
-        out = self.net(x, self.degradation.noise_label(t).to(x.device), cond).to(x.dtype)
+        x_in = standardized_input(x) if self.standardize else x
+        out = self.net(x_in, self.degradation.noise_label(t).to(x.device), cond).to(x.dtype)
         return x + out if self.residual else out
+
+
+#: The floor of the standard deviation in ``standardized_input`` (a flat image has s = 0).
+STANDARDIZE_EPS = 1e-5
+
+
+def standardized_input(x: Tensor) -> Tensor:
+    """``cat((x - mu) / s, mu, log s)`` over channels, ``mu`` and ``s`` the per-image, per-channel
+    mean and standard deviation over pixels (``s`` floored at STANDARDIZE_EPS); computed in float32."""
+    x = x.float()
+    mu = x.mean((-2, -1), keepdim=True)
+    s = (x - mu).square().mean((-2, -1), keepdim=True).add(STANDARDIZE_EPS ** 2).sqrt()
+    return torch.cat([(x - mu) / s, mu.expand_as(x), s.log().expand_as(x)], dim=1)
 
 
 def cold_loss(restore, degradation: Degradation, x0: Tensor, *, t: Tensor | None = None,
