@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from undiffuse.data import load_dataset, load_shapes, mnist_prompts, shapes_prompts
-from undiffuse.data.mnist_captions import DigitPrompt, stroke_classes
+from undiffuse.data.mnist_captions import SLANT_THRESHOLDS, DigitPrompt, measure_strokes, stroke_classes
 from undiffuse.data.shapes import ShapeObject, ShapePrompt, render_shapes
 from undiffuse.evaluate_text import evaluate_text_model, format_text_table
 from undiffuse.metrics import adherence as adh
@@ -133,7 +133,13 @@ def test_digit_judge_measures_strokes():
     digit_only = [DigitPrompt("", p.digit) for p in prompts]
     assert judge.score(data.x, digit_only)["per_attribute"] == {"digit": 1.0}
     assert judge.score(data.x, digit_only[1:] + digit_only[:1])["adherence"] < 0.3
-    assert torch.equal(stroke_classes(data.x)["slant"], a["slant"])  # measured == stored
+    # Measured == stored, away from the class boundaries: the loader measured all 5000 digits in one batch,
+    # this measures 200, and batches of other sizes need not round alike, so a slant within 1e-4 of a
+    # threshold may fall either side (the nearest of these 200 is 6e-4 away, so all are compared here).
+    slant = measure_strokes(data.x)["slant"]
+    clear = (slant[:, None] - torch.tensor(SLANT_THRESHOLDS)).abs().min(dim=1).values > 1e-4
+    assert clear.float().mean() > 0.95
+    assert torch.equal(stroke_classes(data.x)["slant"][clear], a["slant"][clear])
 
 
 class OraclePipe:

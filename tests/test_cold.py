@@ -63,7 +63,7 @@ def test_identity_shapes_dtypes(name):
         assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
     odd = smooth_images(2, 2 if name != "desaturate" else 3, 7, 9)  # any size and channel count
     assert d(odd, d.num_steps).shape == odd.shape
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"severities must lie in 0\.\.{d.num_steps} \(T\), got {d.num_steps + 1}"):
         d(odd, d.num_steps + 1)
 
 
@@ -129,8 +129,10 @@ def test_specs_and_registry():
     assert m.center == "middle" and m.fill == "random" and m.random
     assert make_degradation("blur:mean_at_end=true").mean_at_end
     assert make_degradation({"type": "desaturate", "num_steps": 5}) == Desaturate(5)
-    for bad in ("blurr", "blur:sgima=3", "blur:schedule=cubic", "mask:fill=blue"):
-        with pytest.raises(ValueError):
+    for bad, needle in [("blurr", "unknown degradation 'blurr'"), ("blur:sgima=3", "blur has no setting 'sgima'"),
+                        ("blur:schedule=cubic", "unknown sigma schedule 'cubic'"),
+                        ("mask:fill=blue", "fill must be a number or 'random', got 'blue'")]:
+        with pytest.raises(ValueError, match=needle):
             make_degradation(bad)
 
 
@@ -337,7 +339,7 @@ def test_generation_from_built_in_priors():
     for d in (GaussianNoise(10), Fade(10, source="digits")):
         out = generate(restore, d, 4, shape=(1, 8, 8), generator=torch.Generator().manual_seed(0))
         assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="blur has no built-in prior"):
         generate(restore, Blur(), 2, shape=(1, 8, 8))
 
 

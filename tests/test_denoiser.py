@@ -115,7 +115,7 @@ def test_denoiser_learned_variance_and_errors():
     pred = den(xt, T)
     torch.testing.assert_close(pred.x0, x0, rtol=1e-9, atol=1e-9)
     assert torch.equal(pred.var_interp, var)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown prediction 'score'"):
         Denoiser(TargetNet(eps), process, "score")
 
 

@@ -197,6 +197,9 @@ def test_evaluation_sharded_over_two_processes_equals_one(runs):
     assert (one["processes"], two["processes"]) == (1, 2)
     for key in ("sampling_images_per_s", "processes", "run", "plots"):
         one.pop(key), two.pop(key)
+    # Bitwise, as promised (evaluate.py): sharding deals out whole batches, so each batch is the same
+    # call (same size, same seed, one thread) in either run, and rank 0 computes every metric from the
+    # same gathered samples. Nothing is computed at another shape or batch composition.
     assert one == two  # every sample, hence every metric, identical
     assert one["fid"] > 0 and one["classes"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from undiffuse.cli import main
 from undiffuse.config import preset
 from undiffuse.evaluate import format_table, sample_quality
 from undiffuse.train import Trainer
+
+from helpers_cli import assert_png
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,11 @@ def test_eval_cli_writes_every_metric(digits_run, capsys):
     assert result["fid"] > result["fid_floor"]
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert result["bits_per_dim_vlb"] > 0
-    for path in result["plots"].values():
-        assert (digits_run / "eval").exists() and path.endswith(".png")
+    plots = result["plots"]
+    assert {"samples", "loss", "trajectory", "rate_distortion_0"} <= set(plots), plots
+    for path in map(Path, plots.values()):
+        assert path.parent == digits_run / "eval", path
+        assert_png(path)
 
 
 def test_real_samples_score_like_the_floor(digits_run):  # fixture: temporary feature-net cache

@@ -38,26 +38,37 @@ def gmm4():
 
 # --- probability-flow ODE -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("schedule, tol", [("linear", 0.02), ("cosine", 1e-3)])
-def test_ode_exact_trace_matches_exact_log_prob_vp(gmm, schedule, tol):
-    """Measured max error: 2.3e-3 nats/dim (linear: alpha(1) = 6.6e-3, so N(0, I) is off by O(alpha)
-    at x_T) and 4e-5 nats/dim (cosine: alpha(1) = 4.5e-5); neither changes with tighter rtol."""
+# Max |error| over 16 points of the 2-D mixture, nats/dim: (process, measured, bound ~2-3x measured).
+# docs/results.md quotes the measured column. The error is the prior's mismatch at t_end, not the
+# solver: VP linear has alpha(1) = 6.6e-3 (cosine: 4.5e-5), so N(0, I) is off by O(alpha) at x_T;
+# VE/EDM's N(0, sigma_max^2 I) is accurate only for sigma_max >> the data, and sigma_min smooths it.
+ODE_2D = {"vp-linear": (VP("linear"), 2.3e-3, 6e-3), "vp-cosine": (VP("cosine"), 4.1e-5, 1e-4),
+          "ddpm-1000": (DDPM(1000), 2.5e-3, 6e-3), "edm": (EDM(), 4.4e-3, 1e-2),
+          "ve": (VE(0.01, 50.0), 7.2e-3, 1.5e-2)}
+
+
+@pytest.mark.parametrize("name", ODE_2D)
+def test_ode_exact_trace_matches_exact_log_prob_2d(gmm, name):
+    process, _, bound = ODE_2D[name]
     x, _ = gmm.sample(16, gen(0))
-    res = ode_log_likelihood(OracleDenoiser(gmm, VP(schedule)), x)
+    res = ode_log_likelihood(OracleDenoiser(gmm, process), x)
     assert res["nll_stderr"] is None
     err = (res["nll"] + gmm.log_prob(x)) / gmm.dim
-    assert err.abs().max() < tol, err
+    assert err.abs().max() < bound, err
     torch.testing.assert_close(res["bits_per_dim"], res["nll"] / (2 * math.log(2)))
+    if name == "vp-linear":  # not the solver: rtol = atol = 1e-9 moves it by 2.4e-5 (1% of the error)
+        tight = ode_log_likelihood(OracleDenoiser(gmm, process), x, rtol=1e-9, atol=1e-9)
+        assert ((tight["nll"] - res["nll"]) / gmm.dim).abs().max() < 0.1 * err.abs().max()
 
 
-@pytest.mark.parametrize("process", [VE(0.01, 50.0), EDM()], ids=["ve", "edm"])
-def test_ode_exact_trace_ve_edm_4d(gmm4, process):
-    """VE/EDM priors N(0, sigma_max^2 I) are accurate for sigma_max >> data scale; sigma(0+) = sigma_min
-    smooths the data slightly. Measured on the 2-D mixture: max 7e-3 (VE, 50) and 4e-3 (EDM, 80) nats/dim."""
+@pytest.mark.parametrize("process, bound", [(VE(0.01, 50.0), 1e-2), (EDM(), 6e-3)], ids=["ve", "edm"])
+def test_ode_exact_trace_ve_edm_4d(gmm4, process, bound):
+    """The exact trace in D = 4 (the default up to D = 16). Measured max: 3.7e-3 (VE, 50) and 2.3e-3
+    (EDM, 80) nats/dim; bounds ~2.5x."""
     x, _ = gmm4.sample(12, gen(1))
-    res = ode_log_likelihood(OracleDenoiser(gmm4, process), x)  # D = 4 <= 16: exact trace by default
+    res = ode_log_likelihood(OracleDenoiser(gmm4, process), x)
     err = (res["nll"] + gmm4.log_prob(x)) / gmm4.dim
-    assert res["nll_stderr"] is None and err.abs().max() < 0.02, err
+    assert res["nll_stderr"] is None and err.abs().max() < bound, err
 
 
 def test_ode_hutchinson_within_standard_errors(gmm4):
@@ -91,10 +102,10 @@ def test_dequantized_bits_per_dim_hand_computed():
 # --- the discrete bound ---------------------------------------------------------------------------
 
 def test_vlb_upper_bounds_exact_nll(gmm):
-    """Oracle denoiser, N = 1000 linear, Gaussian decoder on continuous data. Measured mean gap with
-    B = 4096: 0.020 +- 0.022 nats (variance beta: nearly tight) and 1.18 +- 0.04 nats (beta_tilde,
-    too small a variance where Var(x0 | x_n) is large)."""
-    x, _ = gmm.sample(1024, gen(5))
+    """Oracle denoiser, N = 1000 linear, Gaussian decoder on continuous data. Measured mean gap over
+    these 4096 points (docs/results.md): 0.035 +- 0.022 nats (variance beta: nearly tight) and
+    1.19 +- 0.04 nats (beta_tilde, too small a variance where Var(x0 | x_n) is large)."""
+    x, _ = gmm.sample(4096, gen(5))
     exact = -gmm.log_prob(x)
     oracle = OracleDenoiser(gmm, DDPM(1000, "linear"))
     gaps = {}
@@ -103,9 +114,9 @@ def test_vlb_upper_bounds_exact_nll(gmm):
         gap = res["nll"] - exact
         gaps[variance] = (float(gap.mean()), float(gap.std() / math.sqrt(len(gap))))
     mean, se = gaps["beta"]
-    assert -3 * se < mean < 0.05 * gmm.dim, gaps
+    assert -3 * se < mean < 0.1, gaps  # a bound: >= 0 up to noise; ~3x the measured gap above
     mean, se = gaps["beta_tilde"]
-    assert 4 * se < mean < 1.0 * gmm.dim, gaps
+    assert 0.5 < mean < 2.5, gaps  # clearly looser; within ~2x of the measured 1.19
 
 
 def _expected_terms_1d(x0: float, s0: float, betas: np.ndarray, variance: str) -> tuple[float, np.ndarray, float]:

@@ -69,33 +69,52 @@ def test_l1_and_l2_of_random_errors():
                                err.square().flatten(1).mean(1), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(diffusion_loss(den, x0, t=T, noise=eps, loss="l1"),
                                err.abs().flatten(1).mean(1), rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown loss 'huber'"):
         diffusion_loss(den, x0, t=T, noise=eps, loss="huber")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown weighting 'p2'"):
         diffusion_loss(den, x0, t=T, noise=eps, weighting="p2")
+
+
+# Three levels whose (alpha, sigma) are Pythagorean triples, so SNR = (alpha / sigma)^2 is a plain
+# fraction: 576/49 (~11.8), 16/9 and 9/16.
+MIN_SNR_LEVELS = [(0.96, 0.28), (0.8, 0.6), (0.6, 0.8)]
+# The loss / d^2 for a constant error d in the prediction's own space, worked out by hand from Hang et
+# al. 2023, eq. 9-10 (the loss is min(SNR, gamma) ||x0_hat - x0||^2 whatever the parameterization):
+#   x0:  x0 error d,                 loss min(SNR, gamma) d^2
+#   eps: x0 error -(sigma/alpha) d,  loss min(SNR, gamma) / SNR d^2
+#   v:   x0 error -sigma d (VP),     loss min(SNR, gamma) sigma^2 d^2
+# e.g. gamma 5 at (0.96, 0.28): min = 5, so eps gives 5 * 49/576 = 245/576 and v 5 * 0.0784 = 0.392.
+MIN_SNR_BY_HAND = {
+    5.0: {"x0": [5, 16 / 9, 9 / 16], "eps": [245 / 576, 1, 1], "v": [0.392, 0.64, 0.36]},
+    1.0: {"x0": [1, 1, 9 / 16], "eps": [49 / 576, 9 / 16, 1], "v": [0.0784, 0.36, 0.36]},
+}
 
 
 @pytest.mark.parametrize("process", [DDPM(1000, "cosine"), VP("linear")], ids=["ddpm-cos", "vp-lin"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("gamma", [5.0, 1.0])
 def test_min_snr_is_clipped_snr_times_x0_error(process, prediction, gamma):
-    """Hang et al. 2023, eq. 9-10: the loss is min(SNR, gamma) ||x0_hat - x0||^2 whatever the
-    parameterization (VP; the eps and v forms divide by SNR and SNR + 1)."""
-    x0, eps, alpha, sigma, xt = _setup(process)
-    err = 0.2 * torch.randn(SHAPE, generator=gen(13), dtype=F64)
-    target = exact_target(prediction, x0, eps, alpha, sigma)
-    den = Denoiser(TargetNet(target + err), process, prediction)
-    x0_hat = den(xt, T).x0
-    snr = (alpha / sigma).flatten() ** 2
-    assert float(snr.max()) > gamma > float(snr.min())  # both branches of the min are visited
-    want = torch.minimum(snr, torch.tensor(gamma, dtype=F64)) * (x0_hat - x0).square().flatten(1).mean(1)
-    got = diffusion_loss(den, x0, t=T, noise=eps, weighting="min_snr", snr_gamma=gamma)
-    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-14)
+    """Hang et al. 2023, eq. 9-10, against the hand-computed table above (both branches of the min
+    at each gamma): the weighting under test never computes its own expected value."""
+    a = torch.tensor([a for a, _ in MIN_SNR_LEVELS], dtype=F64)
+    s = torch.tensor([s for _, s in MIN_SNR_LEVELS], dtype=F64)
+    t = process.t_from_sigma(s / a)
+    got_a, got_s = process.alpha_sigma(t)
+    torch.testing.assert_close(torch.stack([got_a, got_s]), torch.stack([a, s]), rtol=0, atol=1e-12)
+    shape = (3, 2, 3, 3)
+    x0 = 0.5 * torch.randn(shape, generator=gen(13), dtype=F64)
+    eps = torch.randn(shape, generator=gen(14), dtype=F64)
+    d = 0.1
+    den = Denoiser(TargetNet(exact_target(prediction, x0, eps, a.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)) + d),
+                   process, prediction)
+    got = diffusion_loss(den, x0, t=t, noise=eps, weighting="min_snr", snr_gamma=gamma)
+    want = torch.tensor(MIN_SNR_BY_HAND[gamma][prediction], dtype=F64) * d**2
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
 
 
 def test_min_snr_refuses_edm():
     den, x0, eps, _, _ = _loss_setup(EDM(), "edm")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_snr weighting is not defined for EDM"):
         diffusion_loss(den, x0, t=T, noise=eps, weighting="min_snr")
 
 
@@ -178,7 +197,7 @@ def test_vlb_requires_ddpm():
     process = VP("cosine")
     x0, eps, alpha, sigma, xt = _setup(process)
     den = Denoiser(TargetNet(eps, torch.zeros(SHAPE, dtype=F64)), process, "eps", learn_variance=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="learned variance is defined for discrete DDPM processes only"):
         vlb_term(den, den(xt, T), x0, xt, T)
 
 

@@ -62,9 +62,9 @@ def test_fid_of_shifted_gaussians_approaches_squared_shift() -> None:
 
 
 def test_feature_stats_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need features of shape \(N >= 2, D\), got \(5,\)"):
         feature_stats(np.zeros(5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shape mismatch: mu"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
 
 
@@ -150,7 +150,7 @@ def test_prdc_chunked_matches_brute_force() -> None:
 
 
 def test_prdc_rejects_bad_k() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need 1 <= k < number of samples \(3\), got k=3"):
         prdc(torch.randn(3, 2), torch.randn(3, 2), k=3)
 
 
@@ -175,7 +175,7 @@ def test_class_statistics_collapse_and_threshold() -> None:
     kl = class_statistics(torch.ones(10, dtype=torch.long), 2, torch.zeros(10, dtype=torch.long))["kl"]
     assert 5 < kl < math.inf
     json.dumps(stray)  # JSON-friendly
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got \[0, 3\]"):
         class_statistics(torch.tensor([0, 3]), 3)
 
 

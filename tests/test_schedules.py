@@ -79,13 +79,13 @@ def test_continuous_schedule_floor(schedule):
 
 
 def test_unknown_schedule_and_bad_steps_raise():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
         DDPM(1000, "quadratic")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
         VP("quadratic")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one step, got num_steps=0"):
         discrete_betas("linear", 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="VE needs 0 < sigma_min < sigma_max, got 1.0, 0.5"):
         VE(sigma_min=1.0, sigma_max=0.5)
 
 
@@ -200,7 +200,7 @@ def test_from_config_round_trip(p):
 
 
 def test_from_config_rejects_unknown_type():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown Gaussian process type 'subvp'"):
         from_config({"type": "subvp"})
 
 

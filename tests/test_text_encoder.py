@@ -98,7 +98,12 @@ def test_cache_hits_unique_captions_once(encoder, tmp_path):
     assert len(counting.seen) == 3  # every caption was a cache hit
     assert torch.equal(second.tokens, first.tokens.flip(0)) and torch.equal(second.mask, first.mask.flip(0))
     direct = encoder.encode(captions)
-    assert torch.equal(first.mask, direct.mask) and torch.equal(first.pooled, direct.pooled)
+    assert torch.equal(first.mask, direct.mask)  # the tokenizer's output: exact
+    # Not bitwise: the cache encoded the 3 unique captions as one batch and `direct` is a batch of 4, so
+    # the transformer's matmuls run at other shapes, and their last bits depend on the shape and on the
+    # CPU's kernels (equal on AMD Zen 4, not on Intel Sapphire Rapids). The pooled embeddings are unit
+    # vectors; distinct captions differ by > 0.3 (above), float32 rounding by ~1e-7.
+    torch.testing.assert_close(first.pooled, direct.pooled, rtol=0, atol=1e-5)
     assert torch.allclose(first.tokens, direct.tokens, atol=2e-3)  # float16 storage
 
 
