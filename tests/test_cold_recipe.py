@@ -1,0 +1,136 @@
+"""The cold restorer's recipe options (standardized input, severity weighting), the class-agreement
+metric, and the iterative-denoising loop checked with the exact Gaussian-mixture denoiser."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from undiffuse.config import TrainConfig
+from undiffuse.metrics import class_agreement
+from undiffuse.processes.cold import ColdRestorer, make_degradation
+from undiffuse.processes.cold.base import STANDARDIZE_EPS, standardized_input
+from undiffuse.samplers.iterative import iterative_denoise, iterative_levels
+from undiffuse.testing.oracle import GaussianMixture, OracleDenoiser
+
+
+def test_standardized_input_planes_by_hand():
+    x = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # mean 4, population std sqrt(5)
+    out = standardized_input(x)
+    assert out.shape == (1, 3, 2, 2)
+    s = math.sqrt(5 + STANDARDIZE_EPS**2)
+    torch.testing.assert_close(out[0, 0], (x[0, 0] - 4) / s)
+    torch.testing.assert_close(out[0, 1], torch.full((2, 2), 4.0))
+    torch.testing.assert_close(out[0, 2], torch.full((2, 2), math.log(s)))
+
+
+def test_standardized_input_keeps_heavy_blur_detail_through_bf16():
+    """The paper's blur at T leaves deviations of ~1e-3 around the mean: rounded to bf16 the raw
+    image keeps a handful of values, the standardized one keeps the pattern to ~1 %."""
+    blur = make_degradation("blur")
+    # Digit-like: a black background (-1) with 15 % bright strokes, so the mean sits near -0.7.
+    x0 = (torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.85).float() * 2 - 1
+    x_t = blur(x0, blur.num_steps)
+    dev = x_t - x_t.mean((-2, -1), keepdim=True)
+    raw = x_t.bfloat16().float()
+    raw_dev = raw - raw.mean((-2, -1), keepdim=True)
+    z = standardized_input(x_t)[:, :1]
+    z_dev = z.bfloat16().float() * dev.flatten(1).std(1, unbiased=False).view(-1, 1, 1, 1)
+    err_raw = (raw_dev - dev).norm() / dev.norm()
+    err_std = (z_dev - dev).norm() / dev.norm()
+    assert err_std < 0.01 < 0.3 < err_raw, (err_std, err_raw)
+
+
+def test_standardized_restorer_builds_three_planes_and_resumes_config():
+    from undiffuse.data import TensorData
+    from undiffuse.train_cold import build_restorer, restorer_config
+
+    cfg = TrainConfig(process="blur", net="tiny", standardize_input=True, residual=True,
+                      class_conditional=False).resolved()
+    data = TensorData(torch.zeros(4, 1, 32, 32), None, None, name="zeros")
+    restorer = build_restorer(cfg, data)
+    assert restorer.net.config["in_channels"] == 3
+    assert restorer_config(restorer) == {"prediction": "x0", "residual": True, "standardize_input": True}
+    out = restorer(torch.randn(2, 1, 32, 32), torch.tensor([3, 20]))
+    assert out.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("field, value", [("standardize_input", True), ("severity_weighting", "linear")])
+def test_cold_only_settings_refused_for_gaussian(field, value):
+    with pytest.raises(ValueError, match="apply to cold processes only"):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_unknown_severity_weighting_refused():
+    with pytest.raises(ValueError, match="severity_weighting must be one of"):
+        TrainConfig(process="blur", severity_weighting="cubic").validate()
+
+
+def test_linear_severity_weighting_frequencies():
+    """P(t) = 2t / (T (T + 1)): checked against counts of 200k draws (4 standard errors)."""
+    deg = make_degradation("blur:T=10")
+    n = 200_000
+    t = deg.sample_t(n, torch.Generator().manual_seed(0), weighting="linear")
+    counts = torch.bincount(t, minlength=11).double()
+    assert counts[0] == 0
+    p = torch.arange(1, 11, dtype=torch.float64) * 2 / (10 * 11)
+    se = (p * (1 - p) / n).sqrt()
+    assert ((counts[1:] / n - p).abs() < 4 * se).all()
+    uniform = deg.sample_t(n, torch.Generator().manual_seed(0))
+    assert abs(uniform.double().mean().item() - 5.5) < 0.03  # the default stays uniform on 1..T
+
+
+def test_class_agreement_by_hand():
+    assert class_agreement(torch.tensor([1, 2, 3, 3]), torch.tensor([1, 2, 0, 3])) == 0.75
+    assert class_agreement(torch.tensor([7]), torch.tensor([7])) == 1.0
+    with pytest.raises(ValueError, match="as many predicted as true labels"):
+        class_agreement(torch.tensor([1, 2]), torch.tensor([1]))
+
+
+# --- iterative denoising with the exact denoiser ---------------------------------------------------
+
+def _oracle_setup(std: float = 0.02):
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    gmm = GaussianMixture(means, std)
+    deg = make_degradation("gaussian")  # T = 200, cosine
+    oracle = OracleDenoiser(gmm, deg.process)
+
+    def restore(x, t):
+        return oracle(x.double(), t.double() / deg.num_steps).x0.to(x.dtype)
+
+    x_T, _ = deg.prior((256, 1, 4, 4), torch.Generator().manual_seed(1), dtype=torch.float64)
+    return gmm, deg, restore, x_T
+
+
+def test_iterative_levels():
+    assert iterative_levels(200, 1) == [200, 0]
+    assert iterative_levels(200, 4) == [200, 150, 100, 50, 0]
+    with pytest.raises(ValueError, match="iterations k must be in"):
+        iterative_levels(10, 11)
+
+
+def test_one_iteration_is_the_posterior_mean():
+    gmm, deg, restore, x_T = _oracle_setup()
+    x = iterative_denoise(restore, deg, x_T, 1, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(x, restore(x_T, torch.full((len(x_T),), deg.num_steps)))
+    # x_T carries almost nothing of x0: the answer is near the mixture's mean, far from every point.
+    dist = torch.cdist(x.reshape(len(x), -1), gmm.means).min(1).values
+    assert dist.median() > 1.0
+
+
+def test_many_iterations_land_on_the_data():
+    """With the exact x0 the loop ends within a few component widths of a mixture point."""
+    gmm, deg, restore, x_T = _oracle_setup()
+    x = iterative_denoise(restore, deg, x_T, 50, generator=torch.Generator().manual_seed(2))
+    dist = torch.cdist(x.reshape(len(x), -1), gmm.means).min(1).values
+    assert dist.max() < 0.1 * 4  # 16 dims of std 0.02: typical distance 0.08
+    counts = torch.bincount(torch.cdist(x.reshape(len(x), -1), gmm.means).argmin(1), minlength=4)
+    assert (counts > 256 / 4 / 3).all()  # every component reached, none dominating
+
+
+def test_iterative_denoise_refuses_deterministic_degradation():
+    blur = make_degradation("blur")
+    with pytest.raises(ValueError, match="deterministic"):
+        iterative_denoise(lambda x, t: x, blur, torch.zeros(1, 1, 32, 32), 2)
