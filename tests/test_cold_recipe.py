@@ -134,3 +134,40 @@ def test_iterative_denoise_refuses_deterministic_degradation():
     blur = make_degradation("blur")
     with pytest.raises(ValueError, match="deterministic"):
         iterative_denoise(lambda x, t: x, blur, torch.zeros(1, 1, 32, 32), 2)
+
+
+# --- generation prior over blur's surviving Fourier modes ----------------------------------------
+
+def test_fourier_basis_orthonormal_and_blur_invariant():
+    from undiffuse.processes.cold.blur import fourier_basis
+
+    b = fourier_basis(2, 32, 32)
+    assert b.shape == (25, 1024)
+    torch.testing.assert_close(b @ b.T, torch.eye(25, dtype=torch.float64))
+    # Circular blur maps the span of the modes into itself (each cos/sin pair is an eigenspace).
+    blur = make_degradation("blur")
+    img = b.float().reshape(25, 1, 32, 32)
+    out = blur(img, 5).reshape(25, -1).double()
+    residual = out - (out @ b.T) @ b
+    assert residual.abs().max() < 1e-6
+
+
+def test_blur_mode_summary_round_trips_the_fully_blurred_image():
+    blur = make_degradation("blur:summary_modes=2")
+    x0 = (torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.85).float() * 2 - 1
+    x_T = blur(x0, blur.num_steps)
+    z = blur.summarize(x_T)
+    assert z.shape == (6, 25)
+    back = blur.expand(z, (1, 32, 32))
+    # What is left of x_T beyond the 25 modes is below float32 rounding of the image.
+    assert (back - x_T).abs().max() < 1e-5
+    means = make_degradation("blur").summarize(x_T)
+    torch.testing.assert_close(means, z[:, :1] / 32, atol=1e-6, rtol=0)  # the DC mode is 32 x the mean
+
+
+def test_blur_summary_modes_refused_when_too_many():
+    with pytest.raises(ValueError, match="summary_modes"):
+        make_degradation("blur:summary_modes=-1")
+    blur = make_degradation("blur:summary_modes=5")
+    with pytest.raises(ValueError, match="needs images wider than 10"):
+        blur.summarize(torch.zeros(1, 1, 8, 8))

@@ -85,13 +85,16 @@ class Blur(SeparableDegradation):
         growth: slope (linear) or rate (exponential); None: sigma for linear, 0.01 for exponential.
         padding: "circular" (paper MNIST and generation) or "reflect" (paper CIFAR-10, CelebA).
         mean_at_end: D(x0, T) is exactly the per-channel mean (the official ``--discrete`` mode).
+        summary_modes: what generation's prior is fitted to (``summarize``): 0, the per-channel
+            means (the paper's); K > 0, the (2K + 1)^2 lowest Fourier modes per channel, where the
+            little that heavy circular blur leaves of the digit lives (``fourier_basis``).
     """
 
     name = "blur"
 
     def __init__(self, num_steps: int = 20, kernel_size: int = 11, sigma: float = 7.0,
                  schedule: str = "constant", growth: float | None = None, padding: str = "circular",
-                 mean_at_end: bool = False):
+                 mean_at_end: bool = False, summary_modes: int = 0):
         super().__init__(num_steps)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"blur: kernel_size must be odd and positive, got {kernel_size}")
@@ -102,13 +105,16 @@ class Blur(SeparableDegradation):
         self.kernel_size, self.sigma, self.schedule = int(kernel_size), float(sigma), schedule
         self.growth = None if growth is None else float(growth)
         self.padding, self.mean_at_end = padding, bool(mean_at_end)
+        if summary_modes < 0:
+            raise ValueError(f"blur: summary_modes must be >= 0 (0: the channel means), got {summary_modes}")
+        self.summary_modes = int(summary_modes)
         if min(self.sigmas()) <= 0:
             raise ValueError(f"blur: every step needs sigma > 0, got {self.sigmas()}")
 
     def settings(self) -> dict:
         return {"num_steps": self.num_steps, "kernel_size": self.kernel_size, "sigma": self.sigma,
                 "schedule": self.schedule, "growth": self.growth, "padding": self.padding,
-                "mean_at_end": self.mean_at_end}
+                "mean_at_end": self.mean_at_end, "summary_modes": self.summary_modes}
 
     def sigmas(self) -> list[float]:
         """sigma_1 .. sigma_T."""
@@ -144,11 +150,38 @@ class Blur(SeparableDegradation):
         return max(gains)
 
     def summarize(self, x_T: Tensor) -> Tensor:
-        """The per-channel means (N, C): what the fully blurred image is (circular padding)."""
-        return x_T.mean(dim=(-2, -1))
+        """The per-channel means (N, C): what the fully blurred image is (circular padding); with
+        ``summary_modes`` K > 0 the coefficients on ``fourier_basis`` (N, C (2K + 1)^2) instead:
+        circular blur only scales each of these modes, so they carry what survives of x0."""
+        if not self.summary_modes:
+            return x_T.mean(dim=(-2, -1))
+        basis = fourier_basis(self.summary_modes, *x_T.shape[-2:]).to(x_T)
+        return (x_T.flatten(2) @ basis.T).flatten(1)
 
     def expand(self, z: Tensor, shape: tuple[int, ...]) -> Tensor:
-        return z[:, :, None, None].expand(z.shape[0], *shape).contiguous()
+        if not self.summary_modes:
+            return z[:, :, None, None].expand(z.shape[0], *shape).contiguous()
+        c, h, w = shape
+        basis = fourier_basis(self.summary_modes, h, w).to(z)
+        return (z.reshape(z.shape[0], c, -1) @ basis).reshape(z.shape[0], c, h, w)
+
+
+def fourier_basis(k: int, height: int, width: int) -> Tensor:
+    """The (2k + 1)^2 real Fourier modes of lowest frequency on an H x W grid, orthonormal rows
+    ((2k + 1)^2, H W): products of the 1-D modes 1, cos(2 pi f i / n), sin(2 pi f i / n), f = 1..k.
+    Each cos/sin pair spans an eigenspace of every symmetric circular convolution."""
+    if 2 * k >= min(height, width):
+        raise ValueError(f"blur: summary_modes {k} needs images wider than {2 * k} pixels, got {height} x {width}")
+
+    def modes(n: int) -> Tensor:
+        i = torch.arange(n, dtype=torch.float64)
+        rows = [torch.full((n,), n ** -0.5, dtype=torch.float64)]
+        for f in range(1, k + 1):
+            rows += [torch.cos(2 * torch.pi * f * i / n) * (2 / n) ** 0.5,
+                     torch.sin(2 * torch.pi * f * i / n) * (2 / n) ** 0.5]
+        return torch.stack(rows)
+
+    return torch.einsum("ah,bw->abhw", modes(height), modes(width)).reshape(-1, height * width)
 
 
 def blur_reference(x0: Tensor, t: int, blur: Blur) -> Tensor:
@@ -168,4 +201,5 @@ def blur_reference(x0: Tensor, t: int, blur: Blur) -> Tensor:
     return x
 
 
-__all__ = ["Blur", "gaussian_kernel1d", "conv_matrix", "blur_reference", "SCHEDULES", "PADDINGS"]
+__all__ = ["Blur", "gaussian_kernel1d", "conv_matrix", "blur_reference", "fourier_basis", "SCHEDULES",
+           "PADDINGS"]
