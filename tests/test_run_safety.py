@@ -1,12 +1,10 @@
 """Never lose a run (undiffuse.rundir, undiffuse.checkpoint, Trainer.resume / fit, `undiffuse train`).
 
-Covers: training into a directory that holds a run is refused without --resume / --overwrite (CLI,
-API, `make demo`); a kill at any point of a checkpoint save is recovered automatically on the next
-resume, with bitwise the right weights, and the temporaries it left are removed; files are fsynced
-before `latest` moves; --resume with nothing to resume warns; `latest` naming anything but a
-checkpoint folder, and symbolic links where training writes, are refused; a run stopped before its
-first log line finishes cleanly; the divergence message says whether a checkpoint is kept.
-
+Covers: a directory holding a run is refused without --resume / --overwrite (CLI, API, `make demo`);
+a kill at any point of a save is recovered on the next resume (bitwise the right weights, temporaries
+removed); fsync before `latest` moves; --resume with nothing to resume warns; a `latest` naming anything
+but a checkpoint folder, and symbolic links where training writes, are refused; a run stopped before
+its first log line finishes cleanly; the divergence message says whether a checkpoint is kept.
 Everything runs on the tiny U-Net on 8x8 digits (float32, one thread): a step takes milliseconds.
 """
 from __future__ import annotations
@@ -78,9 +76,7 @@ def weights(folder: Path, name: str = "model") -> dict[str, torch.Tensor]:
 
 
 def assert_state_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def kill_when(monkeypatch, target, name: str, condition) -> None:
@@ -315,8 +311,7 @@ def test_resume_with_nothing_to_resume_warns_and_trains_from_step_0(tmp_path, da
 
 
 def _outside_copy(run: Path, where: Path) -> Path:
-    shutil.copytree(run / "checkpoints" / S4, where)
-    return where
+    return Path(shutil.copytree(run / "checkpoints" / S4, where))
 
 
 @pytest.mark.parametrize("pointer", ["../../outside", "ABSOLUTE", "step-4", "step-00000004/../../../outside", ""])
