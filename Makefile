@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# A second `make demo` continues runs/mnist (--resume: a finished run only redraws its pictures)
+# instead of training it again; `undiffuse train --overwrite` (or deleting runs/mnist) starts over.
 demo: $(STAMP)
-	$(PY) -m undiffuse train
+	$(PY) -m undiffuse train $(if $(wildcard runs/mnist/config.json runs/mnist/checkpoints),--resume)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"

@@ -75,7 +75,7 @@ def main() -> None:
                                       max_minutes=args.minutes,
                                       sample_every=0, checkpoint_every=10**6, log_every=50,
                                       **CANDIDATES[name])
-        trainer = Trainer(cfg, data=data)
+        trainer = Trainer(cfg, data=data, overwrite=True)  # a measurement: a fresh run every time
         t0 = time.perf_counter()
         losses = []
         trainer.fit(progress=False, on_log=lambda tr, rec: losses.append(rec["loss"]))

@@ -177,7 +177,8 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
 def test_resume_refuses_changed_settings_and_allows_new_stopping_points(tmp_path):
     data = digits(64)
     cfg = resume_cfg(tmp_path, steps=4, sample_every=0)
-    assert not Trainer(cfg, data=data).resume()  # nothing to resume yet
+    with pytest.warns(RuntimeWarning, match="nothing to resume"):
+        assert not Trainer(cfg, data=data).resume()  # nothing to resume yet
     Trainer(cfg, data=data).fit(progress=False)
     with pytest.raises(ValueError, match=r"settings differ.*\(lr\)"):
         Trainer(cfg.updated(lr=5e-3), data=data).resume()
@@ -277,7 +278,10 @@ def test_corrupt_files_give_clear_errors(resumed_copy):
     with pytest.raises(FileNotFoundError, match=r"rng\.safetensors"):
         load_weights(ckpt / "rng.safetensors")
     (run / "checkpoints" / "latest").write_text("step-00000099\n")
-    with pytest.raises(FileNotFoundError, match="step-00000099"):
+    with pytest.warns(RuntimeWarning, match="step-00000099, which is missing.*newest complete checkpoint"):
+        undiffuse.load(run)  # step 8 lost a file: step 6 is the newest complete one
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    with pytest.raises(FileNotFoundError, match="step-00000099.*no other complete checkpoint"):
         undiffuse.load(run)
     (run / "config.json").write_text('{"train": ')
     with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
@@ -286,10 +290,13 @@ def test_corrupt_files_give_clear_errors(resumed_copy):
 
 def test_fresh_run_into_an_old_run_directory_keeps_its_own_checkpoint(resumed_copy):
     # Regression: the old run's higher-numbered checkpoints used to win the "keep the newest two"
-    # clean-up, deleting the checkpoint just written and leaving `latest` dangling.
+    # clean-up, deleting the checkpoint just written and leaving `latest` dangling. (fit now refuses
+    # such a directory, test_run_safety.py; saving step by step reaches the clean-up all the same.)
     run = resumed_copy.run_dir
     fresh = Trainer(resumed_copy.cfg.updated(steps=2), data=resumed_copy.data)
-    fresh.fit(progress=False)
+    for _ in range(2):
+        fresh.train_step()
+    fresh.save()
     assert latest_checkpoint(run).name == "step-00000002"
     assert len([p for p in (run / "checkpoints").glob("step-*")]) == KEEP_CHECKPOINTS
     assert_state_equal(undiffuse.load(run).denoiser.state_dict(), fresh.ema.state_dict())

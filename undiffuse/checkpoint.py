@@ -9,15 +9,24 @@ Layout of a run directory::
     checkpoints/latest          the name of the newest complete checkpoint
     samples/                    grids written during and after training
 
-A checkpoint is written into a temporary folder and renamed into place, and ``latest`` is
-replaced atomically afterwards: a crash at any moment leaves the previous checkpoint intact.
+A checkpoint is written into a hidden folder ``.step-N.new-*`` (every file fsynced, ``state.json``
+last: a folder is *complete* when all CHECKPOINT_FILES exist), renamed into place, and only then
+is ``latest`` replaced atomically. Re-saving a step that exists (a resumed run reaching a step an
+interrupted run had saved) first renames the old folder aside to ``.step-N.old-*`` and deletes it
+last. So a crash at any moment leaves ``latest`` naming a complete checkpoint, or naming a step
+whose complete copy is one of those hidden folders: ``latest_checkpoint`` finds it, and
+``recover_checkpoints`` (run when training resumes) moves it back into place, then deletes the
+leftover temporaries.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +34,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 KEEP_CHECKPOINTS = 2
+#: The files of a checkpoint folder; state.json is written last.
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors",
+                    "state.json")
+STEP_NAME = re.compile(r"step-[0-9]{8,}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -36,6 +49,30 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # the rename itself reaches the disk
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files). Best effort: some systems (Windows, some
+    network file systems) cannot open or fsync a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
@@ -121,41 +158,169 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_complete(folder: Path) -> bool:
+    """A real folder holding every checkpoint file: what a save leaves once ``state.json``, its last
+    file, is written."""
+    return folder.is_dir() and not folder.is_symlink() and all((folder / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def _write_checkpoint_files(folder: Path, model: torch.nn.Module, ema: torch.nn.Module,
+                            opt: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict) -> None:
+    save_file(_contiguous(model.state_dict()), str(folder / "model.safetensors"))
+    save_file(_contiguous(ema.state_dict()), str(folder / "ema.safetensors"))
+    opt_tensors, opt_meta = optimizer_to_flat(opt)
+    save_file(opt_tensors, str(folder / "optimizer.safetensors"))
+    save_file(_contiguous(rng), str(folder / "rng.safetensors"))
+    for name in CHECKPOINT_FILES[:-1]:  # on disk before state.json says the folder is complete
+        fsync_file(folder / name)
+    write_json(folder / "state.json", {**state, "optimizer": opt_meta})  # fsyncs it and the folder
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename ``folder`` to a hidden ``.NAME.old-*`` (atomically out of sight); returns the new path."""
+    aside = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(folder, aside)
+    return aside
+
+
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
                     opt: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict) -> Path:
-    """Write checkpoint ``step`` atomically and keep the newest KEEP_CHECKPOINTS."""
+    """Write checkpoint ``step`` crash-safely (see the module docstring), point ``latest`` at it and
+    keep the newest KEEP_CHECKPOINTS."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))
-    save_file(_contiguous(ema.state_dict()), str(tmp / "ema.safetensors"))
-    opt_tensors, opt_meta = optimizer_to_flat(opt)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    save_file(_contiguous(rng), str(tmp / "rng.safetensors"))
-    write_json(tmp / "state.json", {**state, "step": step, "optimizer": opt_meta})
+    name = step_name(step)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.new-"))
+    try:
+        _write_checkpoint_files(tmp, model, ema, opt, rng, {**state, "step": step})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
+    # An existing step-N is renamed aside, not deleted: until `latest` is rewritten below, a
+    # complete copy of step N always exists under a name that recovery knows.
+    old = _set_aside(final) if final.exists() or final.is_symlink() else None
     os.replace(tmp, final)
+    fsync_dir(root)
     atomic_write_text(root / "latest", name + "\n")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     # Never delete the checkpoint just written, even when a run restarted from scratch in this
     # directory left checkpoints with higher step numbers (``latest`` names this one).
     others = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name)
-    for old in others[:max(0, len(others) - (KEEP_CHECKPOINTS - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+    for stale in others[:max(0, len(others) - (KEEP_CHECKPOINTS - 1))]:
+        shutil.rmtree(_set_aside(stale), ignore_errors=True)  # never half a checkpoint in sight
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest"
+# A hidden copy of checkpoint step-N: ``new`` written by a save, ``old`` set aside by one.
+_HIDDEN = re.compile(r"\.(step-[0-9]{8,})\.(new|old)-.+")
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, int, str, Path]]:
+    """Every complete checkpoint folder as (step, preference, name, path), sorted: for one step a
+    visible ``step-N`` wins over a new hidden copy, which wins over an old one."""
+    found = []
+    for path in root.iterdir():
+        hidden = _HIDDEN.fullmatch(path.name)
+        if STEP_NAME.fullmatch(path.name):
+            name, preference = path.name, 2
+        elif hidden:
+            name, preference = hidden[1], 1 if hidden[2] == "new" else 0
+        else:
+            continue
+        if is_complete(path):
+            found.append((int(name[5:]), preference, name, path))
+    return sorted(found)
+
+
+def read_latest(root: Path) -> str | None:
+    """The checkpoint name ``root/latest`` holds (None without the file); refuses anything but the
+    name of a folder beside it (``../x``, an absolute path, a symbolic link)."""
+    pointer = root / "latest"
+    if pointer.is_symlink():
+        raise ValueError(f"{pointer} is a symbolic link; it must be a file holding the name of a "
+                         f"checkpoint folder in {root}. Delete it to resume from the newest complete checkpoint")
     if not pointer.exists():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is missing; delete the pointer "
-                                "to start over or restore the folder")
+    try:
+        name = pointer.read_text().strip()
+    except UnicodeDecodeError:
+        name = "<binary data>"
+    if not STEP_NAME.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise ValueError(f"{pointer} names {shown!r}, which is not a checkpoint folder of this run: it must "
+                         f"hold a name like step-00001000, of a folder in {root}. Write the right name into "
+                         "it, or delete it to resume from the newest complete checkpoint")
+    return name
+
+
+def _find_checkpoint(root: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from and, when ``latest`` did not name it directly, why this one."""
+    name = read_latest(root)
+    if name is not None:
+        named = root / name
+        if named.is_symlink():
+            raise ValueError(f"{named} is a symbolic link; a checkpoint must be a folder inside {root}")
+        if named.is_dir():  # complete, or damaged by hand: loading then names the missing file
+            return named, None
+    found = _complete_checkpoints(root)
+    copies = [c for c in found if c[2] == name]
+    if not (copies or found):
+        if name is None:
+            return None, None
+        raise FileNotFoundError(f"{root / 'latest'} names {name}, which is missing, and {root} holds no other "
+                                "complete checkpoint; restore the folder, or start the run over (--overwrite)")
+    step, _, _, path = (copies or found)[-1]
+    what = f"{root / 'latest'} names {name}, which is missing" if name else f"{root / 'latest'} is missing"
+    how = "the complete copy an interrupted save left" if copies else "the newest complete checkpoint"
+    return path, f"{what}: using {how}, {path.name} (step {step})"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to load: the one ``checkpoints/latest`` names, or after an interrupted save the
+    complete copy it left (or the newest complete checkpoint), with a warning; None when there is
+    none. Read-only: ``recover_checkpoints`` puts things back in place."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    path, note = _find_checkpoint(root)
+    if note is not None:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
     return path
+
+
+def recover_checkpoints(run_dir: Path) -> list[str]:
+    """Repair what an interrupted save left: move the checkpoint ``latest_checkpoint`` would use to
+    its ``step-N`` name and point ``latest`` at it, and only then delete the hidden temporaries
+    (``.step-*``, ``.latest.*``: each may be a whole checkpoint). Returns what was done, to report."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    path, note = _find_checkpoint(root)
+    notes = []
+    if note is not None:
+        hidden = _HIDDEN.fullmatch(path.name)
+        final = root / (hidden[1] if hidden else path.name)
+        if path != final:
+            if final.exists() or final.is_symlink():  # an incomplete leftover of that step
+                _set_aside(final)
+            os.replace(path, final)
+        atomic_write_text(root / "latest", final.name + "\n")
+        notes.append(f"{note}; it is now {final}")
+    stale = [p for p in root.iterdir() if p.name.startswith((".step-", ".latest."))]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if stale:
+        notes.append(f"removed {len(stale)} temporary file(s) or folder(s) that an interrupted save left in {root}")
+    return notes
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -74,7 +74,11 @@ def _add_train(sub) -> None:
                        description="Train a diffusion model. With no options: the MNIST demo preset "
                                    "(class-conditional digits in minutes on a laptop CPU).")
     p.add_argument("--preset", default="mnist", help=f"starting configuration: {', '.join(PRESETS)}")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (with none there: a warning, then "
+                        "training from step 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out (config, log, checkpoints, samples) and start over; "
+                        "without --resume or --overwrite, train refuses an --out that holds a run")
     types = {f.name: f.type for f in fields(TrainConfig)}
     for name, text in TRAIN_FLAGS.items():
         kind = types[name]
@@ -191,17 +195,18 @@ def cmd_train(args) -> int:
                  if k in TRAIN_FLAGS or k in BOOL_FLAGS if v is not None}
     cfg = cfg.updated(**overrides)
     from . import distributed
+    from .rundir import check_run_dir
     from .train import NonFiniteLossError, Trainer
     from .train_text import preview_prompts
-    from .viz import plot_loss_curve
 
+    check_run_dir(cfg.out, resume=args.resume, overwrite=args.overwrite)  # before the data loads
     t0 = time.perf_counter()
     # Under torchrun this is one of several DDP processes; rank 0 alone prints and draws.
     with distributed.process_group(cfg.device):
         main_rank = distributed.is_main()
         if cfg.text and main_rank:
             print(f"embedding the captions with {cfg.text_encoder} (once: cached for later runs)", flush=True)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, overwrite=args.overwrite)
         if args.resume and trainer.resume() and main_rank:
             print(f"resumed {cfg.out} at step {trainer.step}")
         try:
@@ -213,7 +218,7 @@ def cmd_train(args) -> int:
     if not main_rank:
         return 0
     out, pipe = Path(cfg.out), trainer.pipeline()
-    pictures = [out / "samples" / "final.png", plot_loss_curve(out / "log.jsonl", out / "samples" / "loss.png")]
+    pictures = [out / "samples" / "final.png", *_loss_curve(trainer)]
     if trainer.cold and pipe.can_generate:
         pictures.append(out / "samples" / "final-restore.png")
     if trainer.data.x.ndim == 4 and getattr(pipe, "can_generate", True):
@@ -221,9 +226,24 @@ def cmd_train(args) -> int:
         pictures.append(_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
                                     steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance, **rows))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
+    if trainer.step < cfg.steps:
+        print(f"stopped at step {trainer.step} of {cfg.steps} (--max-minutes {cfg.max_minutes}), checkpoint "
+              "saved; to continue, run train again with the same settings and --resume")
     for path in pictures:
         print(f"  picture: {path}")
     return 0
+
+
+def _loss_curve(trainer) -> list[Path]:
+    """The loss curve, or none (with a note) for a run stopped before its first log line."""
+    from .viz import plot_loss_curve
+
+    log = trainer.run_dir / "log.jsonl"
+    if not log.exists():
+        print(f"no loss curve: training stopped at step {trainer.step}, before its first log line "
+              f"(every {trainer.cfg.log_every} steps)")
+        return []
+    return [plot_loss_curve(log, trainer.run_dir / "samples" / "loss.png")]
 
 
 def _trajectory(pipe, path: Path, class_label=None, **options) -> Path:

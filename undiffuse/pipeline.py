@@ -22,6 +22,7 @@ from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .nets import build_net
 from .processes import from_config, is_cold
+from .rundir import check_run_dir
 from .samplers import get_sampler, timesteps
 from .samplers.cold import COLD_SAMPLERS
 # Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
@@ -360,11 +361,14 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
                     text=cfg.get("text"), encoder=encoder)
 
 
-def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,
-          **overrides) -> Pipeline:
-    """Train a model (the MNIST demo preset by default) and return its Pipeline."""
+def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, **overrides) -> Pipeline:
+    """Train a model (the MNIST demo preset by default) and return its Pipeline. As with `undiffuse
+    train`, an ``out`` that already holds a run is refused unless ``resume`` (continue it) or
+    ``overwrite`` (delete it and start over) says what to do with it."""
     cfg = (config or TrainConfig()).updated(**overrides) if overrides else (config or TrainConfig())
-    trainer = Trainer(cfg)
+    check_run_dir(cfg.out, resume=resume, overwrite=overwrite)  # before the data loads
+    trainer = Trainer(cfg, overwrite=overwrite)
     if resume:
         trainer.resume()
     trainer.fit(progress=progress)

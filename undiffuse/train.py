@@ -32,9 +32,8 @@ dropout; ``undiffuse.train_text`` holds the rest (the caption embeddings, its gr
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,86 +44,31 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .checkpoint import (latest_checkpoint, load_weights, optimizer_from_flat, read_json,
-                         save_checkpoint, write_json)
+                         recover_checkpoints, save_checkpoint, write_json)
 from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .data import TensorData, load_dataset
-from .denoiser import Denoiser
 from .losses import diffusion_loss
-from .nets import build_net, config_differences, net_config
-from .processes import make_process
+from .nets import net_config
 from .processes.cold import cold_loss
+from .rundir import RESUMABLE_CHANGES, append_log, check_resumable, check_run_dir, clear_run  # noqa: F401
 from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
+from .train_parts import _rank_seed, batch_indices, build_denoiser, ema_update, lr_at  # noqa: F401 (re-exported)
 from .train_text import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
-
-
-#: Settings a resumed run may change: when to stop and what to write, never the maths.
-RESUMABLE_CHANGES = {"steps", "out", "max_minutes", "sample_every", "checkpoint_every", "log_every",
-                     "num_samples", "sampler", "sample_steps", "guidance", "device", "compile",
-                     "channels_last"}
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def build_denoiser(cfg: TrainConfig, data: TensorData, context_dim: int | None = None) -> Denoiser:
-    """The network sized to the data, wrapped with the configured process and parameterization;
-    ``context_dim`` (the text encoder's width) makes it text-conditional instead of class-conditional."""
-    images = data.x.ndim == 4
-    text = context_dim is not None
-    num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None and not text) else None
-    out_mult = 2 if cfg.learn_variance else 1
-    if images:
-        c, size = data.x.shape[1], data.x.shape[-1]
-        net = build_net(cfg.net, in_channels=c, out_channels=out_mult * c, image_size=size,
-                        num_classes=num_classes, **({"context_dim": context_dim} if text else {}))
-    else:
-        d = data.x.shape[1]
-        net = build_net(cfg.net, dim=d, out_dim=out_mult * d, num_classes=num_classes)
-    return Denoiser(net, make_process(cfg.process), cfg.prediction,
-                    learn_variance=cfg.learn_variance, clip_x0=cfg.clip_x0 if images else None)
-
-
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
-    """EMA with warm-up: decay_k = min(decay, (1 + k) / (10 + k)) (as in Song et al. 2021's code
-    and diffusers' EMAModel), so early averages are not dominated by the random init."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm.detach(), 1 - d)
-        for be, bm in zip(ema.buffers(), model.buffers()):
-            be.copy_(bm)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then constant or cosine decay to 0 at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine":
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-    return cfg.lr
-
-
-def _rank_seed(seed: int, step: int, rank: int) -> int:
-    """The global-RNG seed of process ``rank`` > 0 at ``step`` (see ``Trainer.train_step``)."""
-    return ((seed * 1_000_003 + step) * 1_000_033 + rank) % 2**63
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """The indices of batch ``step``: epochs are seeded permutations, last partial batch dropped."""
-    per_epoch = max(1, n // batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return perm[k * batch_size:(k + 1) * batch_size]
-
-
 class Trainer:
     """Owns the model, EMA, optimizer and RNG for one run directory."""
 
-    def __init__(self, cfg: TrainConfig, data: TensorData | None = None, encoder=None):
-        """``encoder``: for a text run, a text encoder object to use instead of ``cfg.text_encoder``."""
+    def __init__(self, cfg: TrainConfig, data: TensorData | None = None, encoder=None, *,
+                 overwrite: bool = False):
+        """``encoder``: for a text run, a text encoder object to use instead of ``cfg.text_encoder``.
+        ``fit`` refuses a ``cfg.out`` that holds a run unless ``resume`` was called first (continue
+        it) or ``overwrite`` is true (delete it and start over): see ``undiffuse.rundir``."""
         # Checked, with the process-dependent defaults (loss, sampler) filled in: what the run saves.
         self.cfg = cfg = cfg.resolved()
         self.cold = cfg.cold  # a cold degradation: the model is a ColdRestorer, not a Denoiser
@@ -162,6 +106,9 @@ class Trainer:
         # CPU generator on every device: its state (in checkpoints) means the same everywhere.
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        self.overwrite = overwrite
+        self._continuing = False  # may write into the run already in cfg.out (resume, or fit began)
+        self._saved_step: int | None = None  # the step of the newest good checkpoint, if any
         # What runs the forward pass: under torchrun a DDP wrapper that averages the gradients
         # over processes in backward. It shares the denoiser's parameters, so the optimizer, EMA
         # and checkpoints keep using the plain module (no "module." prefix in saved weights).
@@ -198,28 +145,38 @@ class Trainer:
             path = save_checkpoint(self.run_dir, self.step, self.denoiser, self.ema, self.opt, rng,
                                    {"time": time.time()})
         distributed.barrier()  # nobody reads or replaces a checkpoint rank 0 is still writing
+        self._saved_step = self.step
         return path
 
+    def _on_main(self, work) -> None:
+        """``work()`` on rank 0 alone; an error there is raised on every rank, none left waiting."""
+        error = None
+        if distributed.is_main():
+            try:
+                work()
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                error = e
+        if distributed.any_rank(error is not None):  # also a barrier: rank 0's work is done
+            raise error or RuntimeError(f"rank 0 could not prepare {self.run_dir}; see its error")
+
+    def _recover(self) -> None:
+        check_run_dir(self.run_dir, resume=True, overwrite=self.overwrite)
+        for note in recover_checkpoints(self.run_dir):
+            warnings.warn(note, RuntimeWarning, stacklevel=4)
+
     def resume(self) -> bool:
-        """Load the newest checkpoint if one exists; True when resumed."""
+        """Load the newest checkpoint; True when resumed. First puts back in place what an
+        interrupted save left (``recover_checkpoints``); with no checkpoint (no run yet, or one
+        stopped before its first), warns that training starts from step 0 and returns False."""
+        self._on_main(self._recover)
+        self._continuing = True
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
+            if distributed.is_main():
+                warnings.warn(f"--resume: nothing to resume in {self.run_dir} (no checkpoint there yet); "
+                              "training starts from step 0", RuntimeWarning, stacklevel=2)
             return False
-        saved = read_json(self.run_dir / "config.json")["train"]
-        # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists. A field
-        # that an older run's config lacks counts as having its default value.
-        current = json.loads(json.dumps(asdict(self.cfg)))
-        defaults = json.loads(json.dumps(asdict(TrainConfig())))
-        changed = {k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]}
-        if changed:
-            raise ValueError(f"cannot resume {self.run_dir}: settings differ from the saved run "
-                             f"({', '.join(sorted(changed))}); use the same settings or a new --out")
-        # A preset that gained a parameter-free setting since would load the old weights silently.
-        diff = config_differences(read_json(self.run_dir / "config.json").get("net"), self.denoiser.net)
-        if diff:
-            raise ValueError(f"cannot resume {self.run_dir}: the network differs from the saved run's ({diff}); "
-                             "its preset has changed since the run was saved. The run still loads as it was "
-                             "(`undiffuse.load`, `undiffuse sample`); to train on, start a new run with --out")
+        check_resumable(self.run_dir, self.cfg, self.denoiser.net)
         self.denoiser.load_state_dict(load_weights(ckpt / "model.safetensors"))
         self.ema.load_state_dict(load_weights(ckpt / "ema.safetensors"))
         state = read_json(ckpt / "state.json")
@@ -229,7 +186,7 @@ class Trainer:
         torch.set_rng_state(rng["torch_global"])
         if "torch_cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         return True
 
     # --- the loop --------------------------------------------------------------------------------
@@ -286,10 +243,7 @@ class Trainer:
         # (one that stopped alone would leave the others waiting in backward's all-reduce).
         global_loss = distributed.all_reduce_mean(loss.detach())
         if not torch.isfinite(global_loss):
-            raise NonFiniteLossError(
-                f"loss became {global_loss.item()} at step {self.step + 1}. The last good checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is kept. Try a lower --lr (now {cfg.lr}), "
-                f"--grad-clip 1.0, --no-bf16, or check the data for NaN values")
+            raise NonFiniteLossError(self._divergence_message(global_loss.item()))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients arrive averaged over processes: identical everywhere
         grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), cfg.grad_clip)
@@ -297,6 +251,18 @@ class Trainer:
         ema_update(self.ema, self.denoiser, self.step, cfg.ema_decay)
         self.step += 1
         return global_loss.item(), float(grad_norm)
+
+    def _divergence_message(self, loss: float) -> str:
+        cfg = self.cfg
+        if self._saved_step is None:
+            kept = (f"No checkpoint was written before it (the first was due at step "
+                    f"{min(cfg.checkpoint_every, cfg.steps)}), so nothing of this run is kept")
+        else:
+            kept = (f"The last good checkpoint, step {self._saved_step} in {self.run_dir / 'checkpoints'}, "
+                    "is kept")
+        return (f"loss became {loss} at step {self.step + 1}. {kept}. Try a lower --lr (now {cfg.lr}), "
+                "--grad-clip 1.0, --no-bf16, or check the data for NaN values; changed settings need a new "
+                "run (another --out, or --overwrite to replace this one)")
 
     def _step_or_fall_back(self) -> tuple[float, float]:
         """``train_step``; the first compiled one, if compilation fails, is redone eagerly with the
@@ -320,20 +286,18 @@ class Trainer:
         return labels
 
     def fit(self, progress: bool = True, on_log=None) -> None:
-        """Train to cfg.steps. Under torchrun every process calls it; rank 0 writes the files."""
+        """Train to cfg.steps. Under torchrun every process calls it; rank 0 writes the files.
+        Refuses a cfg.out that holds a run unless ``resume`` came first or ``overwrite`` is set."""
         cfg = self.cfg
         main = distributed.is_main()
-        if main:
-            write_json(self.run_dir / "config.json", self.run_config())
-            if self.cold:  # the start of generation: a mixture over fully degraded training images
-                self.prior = prepare_prior(self.run_dir, self.process, self.data.x, cfg.seed)
-            if distributed.is_distributed():
-                w = distributed.world_size()
-                print(f"DDP: {w} processes ({distributed.backend()}, {self.device.type}), "
-                      f"{cfg.batch_size // w} images per process, global batch {cfg.batch_size}",
-                      flush=True)
+        self._on_main(self._claim_run_dir)
+        self._continuing, self.overwrite = True, False  # once: a second fit continues this run
+        if main and distributed.is_distributed():
+            w = distributed.world_size()
+            print(f"DDP: {w} processes ({distributed.backend()}, {self.device.type}), "
+                  f"{cfg.batch_size // w} images per process, global batch {cfg.batch_size}", flush=True)
         log_path = self.run_dir / "log.jsonl"
-        start_step, t0 = self.step, time.perf_counter()
+        t0 = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="train",
                    unit="step", dynamic_ncols=True)
         window_t, window = time.perf_counter(), []
@@ -341,7 +305,8 @@ class Trainer:
             # Decided together: a process stopping alone would leave the others waiting.
             if cfg.max_minutes is not None and distributed.any_rank(
                     time.perf_counter() - t0 > 60 * cfg.max_minutes):
-                self.save()
+                if self.step != self._saved_step:
+                    self.save()
                 break
             try:
                 loss, grad_norm = self._step_or_fall_back()
@@ -358,8 +323,7 @@ class Trainer:
                           "grad_norm": grad_norm, "images_per_s": rate,
                           "elapsed_s": now - t0}
                 if main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_log(log_path, record)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
                 window_t, window = now, []
                 if on_log is not None:
@@ -371,10 +335,19 @@ class Trainer:
                 self.write_samples(f"step-{self.step:08d}")
                 window_t += time.perf_counter() - paused  # images/s counts training time only
         bar.close()
-        if self.step == start_step:
+        if self.step != self._saved_step:  # a safety net: every way out of the loop saves
             self.save()
         if main:
             self.write_samples("final")
+
+    def _claim_run_dir(self) -> None:
+        """Check cfg.out (``check_run_dir``; --overwrite deletes the old run), then write config.json."""
+        check_run_dir(self.run_dir, resume=self._continuing, overwrite=self.overwrite)
+        if self.overwrite:
+            clear_run(self.run_dir)
+        write_json(self.run_dir / "config.json", self.run_config())
+        if self.cold:  # the start of generation: a mixture over fully degraded training images
+            self.prior = prepare_prior(self.run_dir, self.process, self.data.x, self.cfg.seed)
 
     def pipeline(self):
         from .pipeline import Pipeline
