@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .checkpoint import (latest_checkpoint, load_weights, optimizer_from_flat, read_json,
-                         save_checkpoint, write_json)
+from .checkpoint import latest_checkpoint, save_checkpoint, write_json
+from .checks import check_data_fits
 from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .data import TensorData, load_dataset
@@ -54,6 +54,7 @@ from .losses import diffusion_loss
 from .nets import build_net, config_differences, net_config
 from .processes import make_process
 from .processes.cold import cold_loss
+from .run_files import load_checked, read_run_config, read_training_state, restore_optimizer
 from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
 from .train_text import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
 
@@ -144,6 +145,7 @@ class Trainer:
                     on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders,
                     **({"captions": True, "on_missing_caption": cfg.on_missing_caption,
                         "caption_column": cfg.caption_column} if cfg.text else {}))
+        check_data_fits(cfg, data)  # before any network is built or step taken
         self.data = data
         self.text: CaptionEmbedder | None = None  # a text run's captions, embedded up front
         if cfg.text:
@@ -205,7 +207,8 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        saved = read_json(self.run_dir / "config.json")["train"]
+        saved_config = read_run_config(self.run_dir)  # checked: a bad entry is an error naming it
+        saved = saved_config["train"]
         # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists. A field
         # that an older run's config lacks counts as having its default value.
         current = json.loads(json.dumps(asdict(self.cfg)))
@@ -215,16 +218,15 @@ class Trainer:
             raise ValueError(f"cannot resume {self.run_dir}: settings differ from the saved run "
                              f"({', '.join(sorted(changed))}); use the same settings or a new --out")
         # A preset that gained a parameter-free setting since would load the old weights silently.
-        diff = config_differences(read_json(self.run_dir / "config.json").get("net"), self.denoiser.net)
+        diff = config_differences(saved_config["net"], self.denoiser.net)
         if diff:
             raise ValueError(f"cannot resume {self.run_dir}: the network differs from the saved run's ({diff}); "
                              "its preset has changed since the run was saved. The run still loads as it was "
                              "(`undiffuse.load`, `undiffuse sample`); to train on, start a new run with --out")
-        self.denoiser.load_state_dict(load_weights(ckpt / "model.safetensors"))
-        self.ema.load_state_dict(load_weights(ckpt / "ema.safetensors"))
-        state = read_json(ckpt / "state.json")
-        optimizer_from_flat(self.opt, load_weights(ckpt / "optimizer.safetensors"), state["optimizer"])
-        rng = load_weights(ckpt / "rng.safetensors")
+        load_checked(self.denoiser, ckpt / "model.safetensors")
+        load_checked(self.ema, ckpt / "ema.safetensors")
+        state, rng = read_training_state(ckpt)
+        restore_optimizer(self.opt, ckpt, state["optimizer"])
         self.gen.set_state(rng["generator"])
         torch.set_rng_state(rng["torch_global"])
         if "torch_cuda" in rng and self.device.type == "cuda":
