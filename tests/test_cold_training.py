@@ -64,7 +64,7 @@ def test_cli_trains_a_cold_run_and_samples_it(cold_runs, tmp_path, capsys, name)
     run = cold_runs[name]
     config = json.loads((run / "config.json").read_text())
     assert config["process"] == make_degradation(SPECS[name]).config()
-    assert config["denoiser"] == {"prediction": "x0", "residual": False}
+    assert config["denoiser"] == {"prediction": "x0", "residual": False, "standardize_input": False}
     train = config["train"]  # the resolved settings: what the run did
     assert (train["loss"], train["sampler"], train["prediction"], train["weighting"]) == \
         ("l1", "improved", "x0", "uniform")

@@ -10,6 +10,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from .checks import MAX_GUIDANCE, check_output_file, check_sample_settings
 from .classifier import add_cli as add_classifier_cli
 from .classifier import cmd_train_classifier
 from .cli_eval import add_eval, cmd_eval
@@ -115,7 +116,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="class to generate (conditional models); default: one column per class")
     p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale w (1: plain conditional; > 1: stronger; 0: unconditional)")
+                   help="classifier-free guidance scale w (1: plain conditional; > 1: stronger; 0: unconditional; "
+                        f"|w| <= {MAX_GUIDANCE:g})")
     p.add_argument("--classifier-scale", type=float, default=0.0,
                    help="classifier guidance scale with the run's noisy classifier (`undiffuse train-classifier`)")
     p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
@@ -256,12 +258,18 @@ def cmd_sample(args) -> int:
     from .pipeline import load
     from .viz import plot_points, save_grid
 
+    opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
+    # Every setting checked before any work: loading, sampling, then writing.
+    check_sample_settings(args.n, steps=args.steps, guidance=args.guidance, classifier_scale=args.classifier_scale,
+                          options=opts, prefix="--")
+    for flag, path in (("--out", args.out), ("--trajectory", args.trajectory)):
+        if path is not None:
+            check_output_file(path, flag)
     pipe = load(args.run)
     points = len(pipe.shape) == 1  # a 2-D toy run: draw a scatter, not an image grid
     if points and args.trajectory:
         raise ValueError(f"--trajectory draws images, but {args.run} is a run on "
                          f"{pipe.shape[0]}-D points; drop --trajectory")
-    opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
     # Unset: each pipeline's own default (ddim in 50 steps; a cold run: improved, every severity).
     opts |= {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
     if getattr(pipe, "is_text", False) or args.prompt or args.negative_prompt:
@@ -352,6 +360,7 @@ def cmd_degrade(args) -> int:
     from .processes.cold import degradation_from_config, make_degradation
     from .viz import save_labelled_grid
 
+    check_output_file(args.out, "--out")
     deg = make_degradation(args.process)
     if args.steps is not None:
         deg = degradation_from_config({**deg.config(), "num_steps": args.steps})

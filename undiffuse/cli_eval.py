@@ -2,10 +2,10 @@
 ``undiffuse.evaluate_text`` through ``cli_text.cmd_eval_text``), alone or under torchrun."""
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
+from .checks import check_count, check_guidance, check_sample_settings
 from .cli_text import add_eval_text_options
 from .distributed import DEVICES
 from .processes import is_cold
@@ -39,20 +39,30 @@ def add_eval(sub) -> None:
     add_eval_text_options(p)
 
 
+def check_eval_args(args) -> None:
+    """Every numeric setting of `undiffuse eval`, before the run loads or a process group starts."""
+    check_sample_settings(args.n, steps=args.steps, guidance=args.guidance, prefix="--")
+    for scale in args.guidance_scales or []:
+        check_guidance(scale, "--guidance-scales")
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--nll-images", args.nll_images, 0),
+                                 ("--nll-steps", args.nll_steps, 1), ("--per-prompt", args.per_prompt, 1)):
+        check_count(value, flag, minimum)
+
+
 def cmd_eval(args) -> int:
     from . import distributed
-    from .cli_text import cmd_eval_text, is_text_run
+    from .cli_text import cmd_eval_text
     from .evaluate import evaluate, format_table
+    from .run_files import read_run_config
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    config = Path(args.run) / "config.json"
-    if config.exists() and is_cold(json.loads(config.read_text()).get("process", "")):
+    check_eval_args(args)
+    cfg = read_run_config(args.run)
+    if is_cold(cfg["process"]):
         args.device = "cpu"  # the cold samplers draw on the CPU
     # Under torchrun the processes share the sampling; rank 0 alone measures, writes and prints
     # while the others wait (hence a long timeout: the bound and plots can take a while).
     with distributed.process_group(args.device, timeout=timedelta(hours=3)):
-        if is_text_run(args.run):
+        if cfg.get("text"):
             return cmd_eval_text(args)
         result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
                           spacing=args.spacing, guidance=args.guidance, seed=args.seed,

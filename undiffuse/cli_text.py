@@ -5,7 +5,6 @@ hands a text run's sampling over to ``cmd_sample_text``.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -76,12 +75,6 @@ def cmd_sample_text(args, pipe, opts: dict) -> int:
         path = pipe.save_trajectory(Path(args.trajectory), prompts=prompts or None, **options)
         print(f"trajectory -> {path}")
     return 0
-
-
-def is_text_run(run_dir: str | Path) -> bool:
-    """Whether a run directory holds a text-conditional model (its config has a "text" entry)."""
-    config = Path(run_dir) / "config.json"
-    return config.exists() and bool(json.loads(config.read_text()).get("text"))
 
 
 def cmd_eval_text(args) -> int:

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import load_weights
-from .nets import build_net
+from .checks import check_guidance, check_sample_settings
 from .pipeline import Pipeline, SampleResult
 from .processes.cold import ColdRestorer, State, degradation_from_config
+from .run_files import build_run_net, config_errors, load_checked
 from .samplers import SAMPLERS
 from .samplers.cold import COLD_SAMPLERS, GENERATION_NOISE, cold_sample, generate
 from .train_cold import has_own_prior, read_prior
@@ -94,6 +94,7 @@ class ColdPipeline(Pipeline):
     def restore_fn(self, cond: Tensor | None, guidance: float = 1.0, bf16: bool = False):
         """``restore(x, t) -> x0_hat`` with classifier-free guidance ``guidance`` on the predicted x0
         (``x0_null + w (x0_cond - x0_null)``; 1: plain conditional, 0: the null class)."""
+        check_guidance(guidance, "guidance")
         r, null = self.denoiser, self.num_classes
         if guidance != 1.0 and (cond is None or null is None):
             raise ValueError("guidance needs a class-conditional model and class labels")
@@ -123,6 +124,7 @@ class ColdPipeline(Pipeline):
         ``sampler`` in ``steps`` steps. ``options``: ``noise_std`` (default 0.002), ``remove_noise``.
         Same seed, same images; ``trajectory=True`` gives a SampleResult (x_t and predicted x0 at
         each step, ts = t / T)."""
+        check_sample_settings(n, steps=steps, guidance=guidance, classifier_scale=classifier_scale, options=options)
         check_cold_sampler(sampler, self.degradation)
         _gaussian_only(spacing, classifier_scale, sampler)
         unknown = sorted(set(options) - set(SAMPLE_OPTIONS))
@@ -140,6 +142,7 @@ class ColdPipeline(Pipeline):
         out = generate(restore, self.degradation, n, prior=self.prior, shape=self.shape, algorithm=sampler,
                        generator=torch.Generator().manual_seed(seed), severities=self.severities(steps),
                        callback=callback, **options).float()
+        self.check_finite(out)
         return SampleResult(out, xs, x0s, ts) if trajectory else out
 
     def degrade(self, images: Tensor, t: int | None = None, *, generator: torch.Generator | None = None,
@@ -167,6 +170,7 @@ class ColdPipeline(Pipeline):
             if trajectory else None
         out = cold_sample(restore, self.degradation, images, algorithm=algorithm,
                           severities=self.severities(steps, t), state=state, callback=callback).float()
+        self.check_finite(out)
         return SampleResult(out, xs, x0s, ts) if trajectory else out
 
     def save_restorations(self, images: Tensor, path: str | Path, t: int | None = None, *, seed: int = 0,
@@ -194,9 +198,11 @@ def _gaussian_only(spacing, classifier_scale, sampler) -> None:
 
 def load_cold(run_dir: Path, cfg: dict, ckpt: Path, weights: str = "ema") -> ColdPipeline:
     """The ColdPipeline of a cold run directory (``undiffuse.load`` calls this)."""
-    restorer = ColdRestorer(build_net(cfg["net"]), degradation_from_config(cfg["process"]),
-                            residual=bool(cfg["denoiser"].get("residual", False)),
-                            standardize=bool(cfg["denoiser"].get("standardize_input", False)))
-    restorer.load_state_dict(load_weights(ckpt / f"{weights}.safetensors"))
+    net = build_run_net(cfg, run_dir / "config.json")
+    with config_errors(run_dir / "config.json", "'process' or 'denoiser'"):
+        restorer = ColdRestorer(net, degradation_from_config(cfg["process"]),
+                                residual=bool(cfg["denoiser"].get("residual", False)),
+                                standardize=bool(cfg["denoiser"].get("standardize_input", False)))
+    load_checked(restorer, ckpt / f"{weights}.safetensors")
     data = cfg["data"]
     return ColdPipeline(restorer, data["shape"], data["num_classes"], data.get("class_names"), run_dir)

@@ -22,8 +22,11 @@ captions; class labels are then not used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
+from numbers import Integral, Real
 
+from .checks import check_guidance, check_output_dir
 from .denoiser import PARAMETERIZATIONS
 from .distributed import DEVICES
 from .losses import LOSSES, WEIGHTINGS
@@ -35,6 +38,8 @@ from .samplers.cold import COLD_SAMPLERS
 #: Gaussian-only settings and the values a cold process accepts for them (the defaults first).
 GAUSSIAN_ONLY: dict[str, tuple] = {"prediction": ("v", "x0"), "weighting": ("min_snr", "uniform"),
                                    "snr_gamma": (5.0,), "learn_variance": (False,)}
+#: The Python types a field's annotation allows (bools are no ints here: True is not a count).
+_TYPES = {"int": Integral, "float": Real, "bool": bool, "str": str, "dict": dict, "None": type(None)}
 
 
 @dataclass
@@ -94,6 +99,8 @@ class TrainConfig:
     guidance: float = 2.0  # classifier-free guidance scale for the grids (conditional models)
 
     def validate(self) -> None:
+        """Refuse any setting that would fail later or train something wrong, before any work."""
+        self._validate_types()
         checks = [
             (self.prediction in PARAMETERIZATIONS, f"prediction must be one of {PARAMETERIZATIONS}"),
             (self.loss is None or self.loss in LOSSES, f"loss must be one of {LOSSES}"),
@@ -103,6 +110,10 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay (--weight-decay) must be >= 0"),
+            (self.snr_gamma > 0, "snr_gamma (--snr-gamma) must be > 0: min-SNR weighting caps the weight at gamma, and "
+                                 "gamma <= 0 trains nothing (0) or pushes the model the wrong way (< 0)"),
+            (self.clip_x0 is None or self.clip_x0 > 0, "clip_x0 must be > 0 (or None: no clamping)"),
             (0 <= self.label_dropout < 1, "label_dropout must be in [0, 1)"),
             (0 <= self.caption_dropout < 1, "caption_dropout must be in [0, 1)"),
             (self.on_missing_caption in ("error", "warn", "skip"),
@@ -111,10 +122,18 @@ class TrainConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (min(self.log_every, self.checkpoint_every) >= 1, "log/checkpoint intervals must be >= 1"),
+            (self.sample_every >= 0, "sample_every (--sample-every) must be >= 0 (0: only at the end)"),
+            (self.num_samples >= 1, "num_samples (--num-samples) must be >= 1"),
+            (self.sample_steps >= 1, "sample_steps (--sample-steps) must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid training config: {message}")
+        try:
+            check_guidance(self.guidance, "guidance (--guidance)")
+            check_output_dir(self.out, "out (--out)")
+        except ValueError as e:
+            raise ValueError(f"invalid training config: {e}") from None
         if self.text and is_cold(self.process):
             raise ValueError(f"invalid training config: text conditioning is for Gaussian diffusion; the cold "
                              f"process {self.process!r} trains a restorer without captions; drop --text or "
@@ -127,11 +146,24 @@ class TrainConfig:
                              "(`undiffuse samplers`) or a cold process (blur, mask, ...)")
         if self.severity_weighting not in SEVERITY_WEIGHTINGS:
             raise ValueError(f"invalid training config: severity_weighting must be one of {SEVERITY_WEIGHTINGS}")
-        cold_only = self.residual or self.standardize_input or self.severity_weighting != "uniform"
+        cold_only = [name for name, on in (("residual", self.residual), ("standardize_input", self.standardize_input),
+                                           ("severity_weighting", self.severity_weighting != "uniform")) if on]
         if cold_only and not is_cold(self.process):
-            raise ValueError("invalid training config: residual, standardize_input and severity_weighting "
-                             "apply to cold processes only "
+            raise ValueError(f"invalid training config: {' and '.join(cold_only)} "
+                             f"appl{'ies' if len(cold_only) == 1 else 'y'} to cold processes only "
                              "(Gaussian runs choose what the network predicts with prediction)")
+
+    def _validate_types(self) -> None:
+        """Every field of its annotated type (a config from JSON or Python may hold anything), and
+        every number finite: inf or NaN passes every range check and breaks training later."""
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), [_TYPES[k] for k in f.type.split(" | ")]
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, tuple(kinds)):
+                raise ValueError(f"invalid training config: {f.name} must be {f.type.replace(' | ', ' or ')}, "
+                                 f"got {value!r}")
+            if isinstance(value, Real) and not math.isfinite(value):
+                raise ValueError(f"invalid training config: {f.name} (--{f.name.replace('_', '-')}) must be "
+                                 f"a finite number, got {value}")
 
     def _validate_cold(self) -> None:
         try:

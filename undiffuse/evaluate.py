@@ -12,7 +12,6 @@ bitwise; tested). Rank 0 then computes the metrics, bits/dim and plots, and writ
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,11 +19,13 @@ import torch
 
 from . import distributed
 from .checkpoint import write_json
+from .checks import check_sample_settings
 from .data import TensorData, load_dataset
 from .metrics import (class_statistics, extract_features, fid_from_features, get_feature_net, kid,
                       prdc, predict_labels, quantize_8bit, vlb_bits_per_dim)
 from .pipeline import Pipeline, load
 from .processes import DDPM
+from .run_files import read_run_config
 
 FEATURE_DATASETS = ("mnist", "digits")
 
@@ -88,10 +89,11 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps
     GPU), ``batch`` images at a time. In a process group the other ranks return after sampling
     with only the sampling entries; rank 0 returns (and writes) everything."""
 
+    check_sample_settings(n, steps=steps, guidance=guidance)  # before _sample's labels need n
     run_dir = Path(run_dir)
     pipe = load(run_dir)
     pipe.denoiser.to(distributed.resolve_device(device) if isinstance(device, str) else device)
-    dataset = json.loads((run_dir / "config.json").read_text())["train"]["data"]
+    dataset = read_run_config(run_dir)["train"]["data"]
     samples, requested, rate = _sample(pipe, n, sampler, steps, spacing, guidance, seed, bf16, batch)
     pipe.denoiser.cpu()  # the metrics, the bound and the plots below are computed on the CPU
     result = {"run": str(run_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,

@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import latest_checkpoint, load_weights, read_json
+from .checkpoint import latest_checkpoint
+from .checks import check_finite_samples, check_sample_settings
 from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .nets import build_net
 from .processes import from_config, is_cold
 from .rundir import check_run_dir
+from .run_files import build_run_net, config_errors, load_checked, read_run_config
 from .samplers import get_sampler, timesteps
 from .samplers.cold import COLD_SAMPLERS
 # Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
@@ -98,10 +99,12 @@ class Pipeline:
         with a warning, where compilation fails). Sampling runs under ``torch.inference_mode``
         (``torch.no_grad`` with classifier guidance, which differentiates the classifier).
         """
+        check_sample_settings(n, steps=steps, guidance=guidance, classifier_scale=classifier_scale, options=options)
         grad_free = torch.no_grad() if classifier_scale else torch.inference_mode()
         with grad_free:
             out = self._sample(n, sampler, steps, spacing, seed, class_labels, guidance, prompts, negative_prompt,
                                classifier_scale, bf16, trajectory, compile, options)
+        self.check_finite(out.x0 if isinstance(out, SampleResult) else out)
         # Normal tensors: an inference tensor cannot enter autograd or be changed in place later.
         if isinstance(out, SampleResult):
             out.x0, out.xs, out.x0_hats = out.x0.clone(), [x.clone() for x in out.xs], [x.clone() for x in out.x0_hats]
@@ -141,6 +144,11 @@ class Pipeline:
         if not trajectory:
             return out
         return SampleResult(out, xs, x0s, ts[:len(xs)].tolist())
+
+    def check_finite(self, samples: Tensor) -> Tensor:
+        """``samples``, refused when any value is NaN or inf (naming the weights or the settings as the
+        cause), so that no grid or measurement is made of them."""
+        return check_finite_samples(samples, self.denoiser, str(self.run_dir or "this pipeline"))
 
     def fast_denoiser(self, bf16: bool = False, compile: bool = False) -> Denoiser:
         """The denoiser to sample with: this one, or a copy with bf16 weights and / or compiled.
@@ -337,10 +345,7 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
     or a ColdPipeline for a cold run. A text run's encoder is rebuilt by name on first use, unless
     ``encoder`` gives it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with "
-                                "`undiffuse train --out DIR`")
-    cfg = read_json(run_dir / "config.json")
+    cfg = read_run_config(run_dir)  # checked: a bad entry is an error naming it, not a KeyError
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet (checkpoints/latest is missing)")
@@ -350,12 +355,13 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
         from .cold_pipeline import load_cold
 
         return load_cold(run_dir, cfg, ckpt, weights)
-    net = build_net(cfg["net"])
+    net = build_run_net(cfg, run_dir / "config.json")
     den = cfg["denoiser"]
-    denoiser = Denoiser(net, from_config(cfg["process"]), den["prediction"],
-                        sigma_data=den["sigma_data"], learn_variance=den["learn_variance"],
-                        clip_x0=den["clip_x0"])
-    denoiser.load_state_dict(load_weights(ckpt / f"{weights}.safetensors"))
+    with config_errors(run_dir / "config.json", "'process' or 'denoiser'"):
+        denoiser = Denoiser(net, from_config(cfg["process"]), den["prediction"],
+                            sigma_data=den["sigma_data"], learn_variance=den["learn_variance"],
+                            clip_x0=den["clip_x0"])
+    load_checked(denoiser, ckpt / f"{weights}.safetensors")
     data = cfg["data"]
     return Pipeline(denoiser, data["shape"], data["num_classes"], data.get("class_names"), run_dir,
                     text=cfg.get("text"), encoder=encoder)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_json
 from .config import TrainConfig
 from .nets import config_differences
+from .run_files import read_run_config
 from .train_cold import PRIOR_FILE
 
 #: Everything ``undiffuse train`` writes in a run directory: what --overwrite deletes.
@@ -94,7 +94,7 @@ def append_log(path: Path, record: dict) -> None:
 def check_resumable(run_dir: Path, cfg: TrainConfig, net: torch.nn.Module) -> None:
     """Refuse to resume the run in ``run_dir`` with other maths: settings outside RESUMABLE_CHANGES,
     or a network that differs from the saved one."""
-    saved = read_json(run_dir / "config.json")
+    saved = read_run_config(run_dir)  # checked: a bad entry is an error naming it
     # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists. A field
     # that an older run's config lacks counts as having its default value.
     current = json.loads(json.dumps(asdict(cfg)))

@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .checkpoint import (latest_checkpoint, load_weights, optimizer_from_flat, read_json,
-                         recover_checkpoints, save_checkpoint, write_json)
+from .checkpoint import latest_checkpoint, recover_checkpoints, save_checkpoint, write_json
+from .checks import check_data_fits
 from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .data import TensorData, load_dataset
@@ -52,6 +52,7 @@ from .losses import diffusion_loss
 from .nets import net_config
 from .processes.cold import cold_loss
 from .rundir import RESUMABLE_CHANGES, append_log, check_resumable, check_run_dir, clear_run  # noqa: F401
+from .run_files import load_checked, read_training_state, restore_optimizer
 from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
 from .train_parts import _rank_seed, batch_indices, build_denoiser, ema_update, lr_at  # noqa: F401 (re-exported)
 from .train_text import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
@@ -88,6 +89,7 @@ class Trainer:
                     on_bad_image=cfg.on_bad_image, labels_from_subfolders=cfg.labels_from_subfolders,
                     **({"captions": True, "on_missing_caption": cfg.on_missing_caption,
                         "caption_column": cfg.caption_column} if cfg.text else {}))
+        check_data_fits(cfg, data)  # before any network is built or step taken
         self.data = data
         self.text: CaptionEmbedder | None = None  # a text run's captions, embedded up front
         if cfg.text:
@@ -177,11 +179,10 @@ class Trainer:
                               "training starts from step 0", RuntimeWarning, stacklevel=2)
             return False
         check_resumable(self.run_dir, self.cfg, self.denoiser.net)
-        self.denoiser.load_state_dict(load_weights(ckpt / "model.safetensors"))
-        self.ema.load_state_dict(load_weights(ckpt / "ema.safetensors"))
-        state = read_json(ckpt / "state.json")
-        optimizer_from_flat(self.opt, load_weights(ckpt / "optimizer.safetensors"), state["optimizer"])
-        rng = load_weights(ckpt / "rng.safetensors")
+        load_checked(self.denoiser, ckpt / "model.safetensors")
+        load_checked(self.ema, ckpt / "ema.safetensors")
+        state, rng = read_training_state(ckpt)
+        restore_optimizer(self.opt, ckpt, state["optimizer"])
         self.gen.set_state(rng["generator"])
         torch.set_rng_state(rng["torch_global"])
         if "torch_cuda" in rng and self.device.type == "cuda":

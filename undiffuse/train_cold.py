@@ -48,10 +48,8 @@ MAX_PRIOR_IMAGES = 10_000
 
 
 def build_restorer(cfg, data: TensorData) -> ColdRestorer:
-    """The configured network sized to the images, as the restoration operator of ``cfg.process``."""
-    if data.x.ndim != 4:
-        raise ValueError(f"the cold process {cfg.process!r} degrades images, but {data.name} holds "
-                         f"{data.x.shape[1]}-D points; train it on mnist, digits or an image folder")
+    """The configured network sized to the images (``checks.check_data_fits`` has refused points),
+    as the restoration operator of ``cfg.process``."""
     num_classes = data.num_classes if (cfg.class_conditional and data.labels is not None) else None
     c, size = data.x.shape[1], data.x.shape[-1]
     # A standardized input carries mu and log s beside (x - mu) / s: three planes per channel.

@@ -40,7 +40,7 @@ def read_captions(root: Path, files: list[Path], column: str = "text") -> dict[P
         for meta in metadata:
             captions.update(_read_jsonl(meta, column, known))
         return captions
-    return {f: _clean(f.with_suffix(".txt").read_text(encoding="utf-8"))
+    return {f: _clean(_read_utf8(f.with_suffix(".txt")))
             for f in files if f.with_suffix(".txt").is_file()}
 
 
@@ -48,10 +48,18 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; undecodable bytes are a DataError naming the file (and where)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+
+
 def _read_jsonl(meta: Path, column: str, known: set[Path]) -> dict[Path, str]:
     """Captions from one metadata.jsonl; every malformed line is an error naming the file and line."""
     captions = {}
-    for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_utf8(meta).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{meta}, line {number}"
@@ -64,8 +72,9 @@ def _read_jsonl(meta: Path, column: str, known: set[Path]) -> dict[Path, str]:
             raise DataError(f"{where} needs the keys 'file_name' and {column!r}, got "
                             f"{sorted(row) if isinstance(row, dict) else type(row).__name__}; fix the line "
                             "(or name the caption column with caption_column=...)")
-        if not isinstance(row[column], str):
-            raise DataError(f"{where}: {column!r} must be a string, got {type(row[column]).__name__}")
+        for key in ("file_name", column):
+            if not isinstance(row[key], str):
+                raise DataError(f"{where}: {key!r} must be a string, got {json.dumps(row[key])}")
         path = Path(os.path.normpath(meta.parent / row["file_name"]))  # like find_images: no symlink resolution
         if path not in known:
             raise DataError(f"{where} names {row['file_name']!r}, but there is no such image under "
