@@ -126,6 +126,7 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
         for label, x in outputs.items():
             x = x.clamp(-1, 1)  # scored as the images shown: a diverging Algorithm 1 saturates
             row = {"process": name, "T": deg.num_steps, "n": len(x0), "method": label,
+                   "train_steps": trained_steps(ROOT / name), "recipe": _recipe(ROOT / name),
                    "rmse": rmse(x, x0).mean().item(), "ssim": ssim(x, x0).mean().item()}
             if ref is not None:
                 row.update(_scores(ref, x, held.labels[:n]))
@@ -134,6 +135,22 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
         _merge(out, rows[-len(outputs):], key=("process", "method"))
         pipe.save_restorations(held.x[:10], DOCS / f"cold_restore_{name}.png", seed=seed)
     return rows
+
+
+#: The steps of the rows measured before rows recorded them (session 3's runs).
+_OLD_STEPS = {"mnist": 500, "photos": 150}
+
+
+def _recipe(run: Path) -> str:
+    """The restorer settings that differ from the paper's (x0, raw input, L1), as saved."""
+    d = json.loads((run / "config.json").read_text())["denoiser"]
+    parts = [k for k in ("standardize_input", "residual") if d.get(k)]
+    return "+".join(parts) or "paper (x0)"
+
+
+def trained_steps(run: Path) -> int:
+    """The optimiser steps of a run's newest checkpoint (what the tables measured)."""
+    return int((run / "checkpoints" / "latest").read_text().strip().split("-")[1])
 
 
 def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
@@ -197,11 +214,13 @@ def tables(docs: Path) -> str:
         methods = ["degraded", "Alg. 1", "Alg. 2", "direct"]
         rows = sorted(json.loads(restore_file.read_text()),
                       key=lambda r: (list(RUNS).index(r["process"]), methods.index(r["method"])))
-        lines += ["| process (T) | held-out n | method | RMSE | SSIM | FID-style (floor) |", "|---|---|---|---|---|---|"]
+        lines += ["| process (T) | recipe, steps | held-out n | method | RMSE | SSIM | FID-style (floor) | class agreement |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             fid = f"{r['fid']:.2f} ({r['fid_floor']:.2f})" if "fid" in r else "-"
-            lines.append(f"| {r['process']} ({r['T']}) | {r['n']} | {r['method']} | {r['rmse']:.4f} | "
-                         f"{r['ssim']:.4f} | {fid} |")
+            agree = f"{r['class_agreement']:.3f}" if "class_agreement" in r else "-"
+            lines.append(f"| {r['process']} ({r['T']}) | {r.get('recipe', 'paper (x0)')}, {r.get('train_steps', _OLD_STEPS[RUNS[r['process']]['data']])} | "
+                         f"{r['n']} | {r['method']} | {r['rmse']:.4f} | {r['ssim']:.4f} | {fid} | {agree} |")
         lines.append("")
     if generate_file.exists():
         lines += ["| model and sampler | n | FID-style (floor) | precision | recall | classes present |",
