@@ -171,3 +171,26 @@ def test_blur_summary_modes_refused_when_too_many():
     blur = make_degradation("blur:summary_modes=5")
     with pytest.raises(ValueError, match="needs images wider than 10"):
         blur.summarize(torch.zeros(1, 1, 8, 8))
+
+
+def test_standardized_run_saves_loads_and_resumes(tmp_path):
+    """A standardize_input run (3 input planes per channel) passes the run-directory checks on load
+    and on resume, and samples the same images after loading."""
+    from undiffuse import load
+    from undiffuse.data import TensorData
+    from undiffuse.train import Trainer
+
+    x = (torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.8).float() * 2 - 1
+    data = TensorData(x, None, None, name="strokes")
+    cfg = TrainConfig(process="blur:T=4", net="tiny", standardize_input=True, residual=True, bf16=False,
+                      class_conditional=False, steps=2, batch_size=4, sample_every=0, num_samples=2,
+                      out=str(tmp_path / "run"))
+    trainer = Trainer(cfg, data=data)
+    trainer.resume()
+    trainer.fit(progress=False)
+    pipe = load(tmp_path / "run")
+    assert pipe.restorer.standardize and pipe.restorer.net.config["in_channels"] == 3
+    restored = pipe.restore(x[:2])
+    torch.testing.assert_close(restored, load(tmp_path / "run").restore(x[:2]))
+    again = Trainer(cfg.updated(steps=3), data=data)
+    assert again.resume() and again.step == 2

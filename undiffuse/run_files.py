@@ -138,12 +138,14 @@ def _net_problem(net: nn.Module, cfg: dict) -> str | None:
     """How the network built from 'net' disagrees with 'data', 'text' and 'denoiser', or None."""
     shape, classes = cfg["data"]["shape"], cfg["data"]["num_classes"]
     out = shape[0] * (2 if cfg["denoiser"].get("learn_variance") else 1)
+    # A cold restorer with a standardized input sees three planes per channel (ColdRestorer).
+    inp = shape[0] * (3 if cfg["denoiser"].get("standardize_input") else 1)
     if isinstance(net, UNet):
         if len(shape) != 3 or shape[1] != shape[2]:
             return f"'net' is a U-Net for square images, but 'data.shape' is {shape}"
-        if (net.in_channels, net.out_channels) != (shape[0], out):
+        if (net.in_channels, net.out_channels) != (inp, out):
             return (f"'net' takes {net.in_channels}-channel images (output: {net.out_channels} channels), but "
-                    f"'data.shape' {shape} needs {shape[0]} (output: {out})")
+                    f"'data.shape' {shape} needs {inp} (output: {out})")
         if net.image_size != shape[-1]:
             return f"'net' was built for {net.image_size}x{net.image_size} images, but 'data.shape' is {shape}"
     elif isinstance(net, MLPDenoiser) and (len(shape) != 1 or (net.dim, net.out_dim) != (shape[0], out)):
