@@ -12,7 +12,9 @@ changing ONE setting of ``ROWS`` from ``baseline``. Rows whose degradation diffe
 restore the paper's. Measured on 300 held-out digits restored from ``D(x0, T)`` in one network call
 (direct) and with Algorithm 2 (T calls): RMSE, SSIM, FID-style against the held-out digits (floor:
 training digits against the same), and class agreement (the share of restorations that the MNIST
-feature net assigns to the digit they came from). Training wall time is per row, one thread.
+feature net assigns to the digit they came from). Training time is per row, one thread, summed from
+log.jsonl (steps only; it survives a resume), on a machine shared with other jobs: compare rows by it
+only roughly.
 """
 from __future__ import annotations
 
@@ -71,6 +73,17 @@ def train(names: list[str], steps: int) -> None:
         print(f"== {name} trained", flush=True)
 
 
+def training_seconds(run: Path, batch_size: int) -> float:
+    """Seconds spent in training steps, from log.jsonl's images/s per logged interval: the sum stays
+    right across a stop and ``--resume`` (``elapsed_s`` restarts at a resume)."""
+    seconds, last = 0.0, 0
+    for line in (run / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        seconds += (entry["step"] - last) * batch_size / entry["images_per_s"]
+        last = entry["step"]
+    return seconds
+
+
 def measure(names: list[str], out: Path, n: int = 300, seed: int = 0) -> None:
     from undiffuse import load
     from undiffuse.metrics import (class_agreement, extract_features, fid_from_features, get_feature_net,
@@ -90,6 +103,7 @@ def measure(names: list[str], out: Path, n: int = 300, seed: int = 0) -> None:
         for method, algorithm in (("direct", "direct"), ("Alg. 2", "improved")):
             x = pipe.restore(x_t, algorithm=algorithm, bf16=bf16).clamp(-1, 1)
             row = {"row": name, "method": method, "n": n, **json.loads(done.read_text()),
+                   "train_seconds": training_seconds(ROOT / name, config(name, 1).batch_size),
                    "setting": ROWS[name], "rmse": rmse(x, x0).mean().item(), "ssim": ssim(x, x0).mean().item(),
                    "fid": fid_from_features(extract_features(net, x), ref), "fid_floor": floor,
                    "class_agreement": class_agreement(predict_labels(net, x), labels)}
