@@ -194,3 +194,12 @@ def test_standardized_run_saves_loads_and_resumes(tmp_path):
     torch.testing.assert_close(restored, load(tmp_path / "run").restore(x[:2]))
     again = Trainer(cfg.updated(steps=3), data=data)
     assert again.resume() and again.step == 2
+
+
+def test_cold_blur_preset_is_the_papers_blur_with_the_recipe():
+    from undiffuse.config import preset
+
+    cfg = preset("cold-blur").resolved()
+    blur, paper = make_degradation(cfg.process), make_degradation("blur")
+    assert {**blur.settings(), "summary_modes": 0} == paper.settings()  # only the prior's features differ
+    assert cfg.standardize_input and cfg.residual and cfg.loss == "l1" and cfg.sampler == "improved"

@@ -215,6 +215,11 @@ PRESETS: dict[str, TrainConfig] = {
     # Text-to-image on the procedural shapes (32x32 RGB, captions from their attributes): cross-
     # attention at 16x16 and 8x8, where "at the top left" can still be placed (docs/text.md).
     "shapes": TrainConfig(data="shapes", text=True, net="text-small", out="runs/shapes"),
+    # Cold blur at the paper's MNIST setting (T = 20, 11 x 11, sigma 7) with the recipe the sweep
+    # chose for a CPU budget (docs/cold.md): standardized input, residual prediction, and a generation
+    # prior over the 25 lowest Fourier modes of the blurred digits instead of their means alone.
+    "cold-blur": TrainConfig(process="blur:summary_modes=2", standardize_input=True, residual=True,
+                             class_conditional=False, steps=3500, checkpoint_every=250, out="runs/cold-blur"),
     "ddpm-cifar10": TrainConfig(net="ddpm-cifar10", process="ddpm:linear:1000", lr=2e-4,
                                 batch_size=128, steps=800_000, warmup_steps=5000, ema_decay=0.9999,
                                 class_conditional=False, out="runs/cifar10"),
