@@ -235,3 +235,22 @@ def test_sampling_compile_failure_warns_and_samples(monkeypatch):
     with pytest.warns(RuntimeWarning, match="sampling eagerly"):
         x = pipe.sample(2, steps=3, class_labels=[1, 2], guidance=2.0, compile=True)
     torch.testing.assert_close(x, eager)
+
+
+def test_chunked_attention_gradients_are_contiguous_for_strided_views():
+    """q, k, v as strided views of one fused qkv tensor (as AttentionBlock makes them): the backward
+    writes contiguous gradients (bf16 bmm into a strided out= falls back to a reference kernel ~1000x
+    slower on the CPU), and they equal the gradients of contiguous copies."""
+    from undiffuse.nets.attention import chunked_attention
+
+    qkv = torch.randn(2, 3, 8, 4, 2, 64, generator=torch.Generator().manual_seed(0)).bfloat16()
+    fused = qkv.permute(1, 0, 2, 3, 5, 4).reshape(3, 2, 8 * 4, 64, 2)[..., 0]  # strided views
+    grads = []
+    for make in (lambda t: t, lambda t: t.contiguous()):
+        q, k, v = (make(t).detach().requires_grad_() for t in fused)
+        chunked_attention(q, k, v).float().square().sum().backward()
+        grads.append([t.grad for t in (q, k, v)])
+    assert not fused[0].is_contiguous()
+    for g_strided, g_plain in zip(*grads):
+        assert g_strided.is_contiguous()
+        torch.testing.assert_close(g_strided, g_plain)  # same kernels on the same values

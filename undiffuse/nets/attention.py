@@ -115,7 +115,10 @@ class _ChunkedAttention(torch.autograd.Function):
         q3, k3, v3 = ctx.saved_tensors
         probs, ctx.probs = ctx.probs, None
         g3 = grad.reshape(-1, *grad.shape[-2:]).to(q3.dtype)
-        dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+        # Contiguous outputs: q, k, v are often strided views of one fused qkv tensor, which
+        # empty_like would copy, and bmm in bf16 into a strided out= takes a reference kernel
+        # ~1000x slower than into a contiguous one (torch 2.13 CPU; fp32 is unaffected).
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q3, k3, v3))
         with torch.autocast(q3.device.type, enabled=False):
             for i, sl in enumerate(_slices(len(q3), q3.shape[1], k3.shape[1])):
                 p = probs[i] if probs else torch.softmax(torch.bmm(q3[sl], k3[sl].transpose(1, 2)), -1)
