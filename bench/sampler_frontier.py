@@ -26,7 +26,7 @@ import torch
 from sweeps import add_common, record, sweep_main
 from undiffuse import load
 from undiffuse.evaluate import sample_quality
-from undiffuse.samplers import get_sampler
+from undiffuse.samplers import SPACINGS, get_sampler
 
 # The spacings run for each sampler: the best one or two of a pilot over all of them (n = 100,
 # NFE 10; docs/samplers.md). --all-spacings runs every one listed in SPACINGS_ALL.
@@ -57,8 +57,9 @@ def ours(pipe, name: str, spacing: str, nfe: int, n: int, labels, args) -> tuple
     used = info.nfe(steps, info.options)
     if used > nfe or used < 0.8 * nfe:
         return None
+    options = {"lower_order_final": False} if args.no_lower_order_final and name.startswith("dpmpp") else {}
     out = [pipe.sample(len(lab), sampler=name, steps=steps, spacing=spacing, seed=args.seed + i,
-                       class_labels=lab, guidance=args.guidance, bf16=True)
+                       class_labels=lab, guidance=args.guidance, bf16=True, **options)
            for i, lab in _batches(labels, args.batch)]
     return torch.cat(out), used
 
@@ -115,6 +116,10 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--all-spacings", action="store_true", help="every spacing, not the pilot's best")
+    p.add_argument("--spacings", nargs="+", choices=SPACINGS, default=None,
+                   help="these spacings for each of ours (the MNIST check of docs/samplers.md, 'Default schedules')")
+    p.add_argument("--no-lower-order-final", action="store_true",
+                   help="our DPM-Solver++ samplers without their lower-order final steps (use another --out)")
     add_common(p, "docs/sampler_frontier.json")
     sweep_main(p, run, table, plot)
 
@@ -124,6 +129,8 @@ def run(args, results: list[dict], out: Path) -> None:
     labels = torch.arange(args.n) % pipe.num_classes if pipe.num_classes else torch.zeros(args.n)
     done = {(r["lib"], r["sampler"], r["spacing"], r["nfe_budget"], r["n"], r["guidance"]) for r in results}
     def spacings(lib: str, listed: list[str]) -> list[str]:
+        if lib == "undiffuse" and args.spacings:
+            return args.spacings
         return SPACINGS_ALL[lib] if args.all_spacings else listed
 
     jobs = [("undiffuse", s, sp) for s in args.samplers for sp in spacings("undiffuse", OURS[s])] + \
@@ -182,7 +189,24 @@ def table(results: list[dict]) -> str:
         crashes.setdefault((r["lib"], r["sampler"], r["spacing"], r["error"].split(":")[0]), []).append(r["nfe_budget"])
     lines += [f"failed: {lib} {name} ({spacing}) at NFE {', '.join(map(str, sorted(nfes)))}: {error}"
               for (lib, name, spacing, error), nfes in crashes.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + spacing_table(results))
+
+
+def spacing_table(results: list[dict]) -> list[str]:
+    """Ours, every spacing run, FID at each budget: markdown rows, or nothing when each sampler
+    ran one spacing."""
+    ours = [r for r in results if r["lib"] == "undiffuse"]
+    if all(len({r["spacing"] for r in ours if r["sampler"] == s}) < 2 for s in {r["sampler"] for r in ours}):
+        return []
+    budgets = sorted({r["nfe_budget"] for r in ours})
+    fid = {(r["sampler"], r["spacing"], r["nfe_budget"]): r["fid"] for r in ours}
+    lines = ["\nEvery spacing (ours):\n", "| sampler | spacing | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for name, spacing in sorted({(r["sampler"], r["spacing"]) for r in ours}):
+        cells = [f"{fid[(name, spacing, b)]:.2f}" if (name, spacing, b) in fid else "" for b in budgets]
+        mark = " (default)" if get_sampler(name).spacing == spacing else ""
+        lines.append(f"| {name} | {spacing}{mark} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(results: list[dict], path: Path) -> None:

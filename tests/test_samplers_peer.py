@@ -39,7 +39,9 @@ Differences by design, each measured in a test below: DDPM's last step with a la
 noise; DDIM with ``set_alpha_to_one=False`` and DPM-Solver with ``final_sigmas_type="sigma_min"`` stop at
 the first level x_{1/N} instead of x0_hat; fractional timesteps (Karras sigmas, Euler's linspace) map to
 other noise levels than our piecewise-linear alpha_bar; DPM-Solver++ 3M weights the quadratic term by
-half (test_samplers_peer_dpm3m.py). Shared set-up: helpers_peer.py. UniPC (``UniPCMultistepScheduler``) has no undiffuse counterpart: not checked.
+half (test_samplers_peer_dpm3m.py); our ``lower_order_final`` acts at every step count and on the step
+into the process's smallest level, diffusers' below 15 steps only (so on a 20-step Karras ladder, and with
+diffusers' ``lower_order_final=False``, ours is switched off to compare). Shared set-up: helpers_peer.py. UniPC (``UniPCMultistepScheduler``) has no undiffuse counterpart: not checked.
 """
 from __future__ import annotations
 
@@ -314,7 +316,8 @@ def test_ddim_without_alpha_to_one_stops_at_the_first_step(eta):
 def test_dpm_final_sigma_min_stops_at_the_first_step():
     """DPM-Solver++(2M) with final_sigmas_type="sigma_min" takes its last (second-order) step to the
     sigma of timestep 0 and returns x_{1/N}; it equals our dpmpp_2m state at 1/N on its levels followed
-    by 1/N and 0 (to 1.8e-15), 7.4e-4 from our x0_hat."""
+    by 1/N and 0 (to 1.8e-15), 7.4e-4 from our x0_hat. Both with lower_order_final=False: ours would
+    take that last step, into the process's smallest level, at first order (``step_orders``)."""
     p = PROCESSES["linear"]
     with float64_diffusers(DPMSolverMultistepScheduler):
         sched = make(DPMSolverMultistepScheduler, final_sigmas_type="sigma_min", lower_order_final=False,
@@ -323,21 +326,22 @@ def test_dpm_final_sigma_min_stops_at_the_first_step():
         x_T = torch.randn(B, 2, generator=gen(0), dtype=F64)
         out_d, calls_d = run_diffusers(sched, OracleDenoiser(GMM, p), x_T)
     ours = Recorder(OracleDenoiser(GMM, p))
-    out_o = dpmpp_2m(ours, calls_d[0][1], timesteps(p, 0, levels_of(sched) + [1 / N]))
+    out_o = dpmpp_2m(ours, calls_d[0][1], timesteps(p, 0, levels_of(sched) + [1 / N]), lower_order_final=False)
     assert_same_calls(calls_d, ours.calls[:-1], 1e-13)
     torch.testing.assert_close(out_d, ours.calls[-1][1], rtol=0, atol=1e-13)
     assert float((out_d - out_o).abs().max()) > 1e-4
 
 
 FRACTIONAL = [
-    # id, scheduler, config, steps, our ts ("karras" spacing or diffusers' levels), sampler,
-    # measured (max rel. sigma mismatch, max |diff| of model inputs)
-    ("euler-karras30", EulerDiscreteScheduler, dict(use_karras_sigmas=True), 30, "karras", euler,
+    # id, scheduler, config, steps, our ts ("karras" spacing or diffusers' levels), sampler, its options,
+    # measured (max rel. sigma mismatch, max |diff| of model inputs). diffusers' lower_order_final acts
+    # below 15 steps only: ours is switched off to match it at 20.
+    ("euler-karras30", EulerDiscreteScheduler, dict(use_karras_sigmas=True), 30, "karras", euler, {},
      (6.5e-3, 1.7e-5)),
-    ("euler-linspace50", EulerDiscreteScheduler, dict(timestep_spacing="linspace"), 50, None, euler,
+    ("euler-linspace50", EulerDiscreteScheduler, dict(timestep_spacing="linspace"), 50, None, euler, {},
      (1.8e-4, 1.6e-5)),
     ("dpmpp_2m-karras20", DPMSolverMultistepScheduler, dict(use_karras_sigmas=True), 20, "karras", dpmpp_2m,
-     (4.5e-2, 2.9e-3)),
+     {"lower_order_final": False}, (4.5e-2, 2.9e-3)),
 ]
 
 
@@ -355,7 +359,7 @@ def test_fractional_timesteps_are_other_noise_levels(case):
     by up to 0.65% (Euler-Karras, at the smallest sigma), 0.018% (Euler linspace), 4.5% (DPM-Karras),
     and the trajectories differ by 1.7e-5, 1.6e-5, 2.9e-3 (the measured bounds asserted, x2 margin).
     """
-    _, cls, config, steps, spacing, sampler, (sigma_gap, x_gap) = case
+    _, cls, config, steps, spacing, sampler, options, (sigma_gap, x_gap) = case
     p = PROCESSES["linear"]
     latents = torch.randn(B, 2, generator=gen(0), dtype=F64)
     modes = ["timestep", "sigma"] if cls is EulerDiscreteScheduler and spacing == "karras" else ["timestep"]
@@ -370,7 +374,7 @@ def test_fractional_timesteps_are_other_noise_levels(case):
         if spacing:
             torch.testing.assert_close(scaled(p, ts[:-1])[1], sigmas, rtol=1e-12, atol=0)
         ours = Recorder(OracleDenoiser(GMM, p))
-        out_o = sampler(ours, calls_d[0][1], ts)
+        out_o = sampler(ours, calls_d[0][1], ts, **options)
         d_x = max_gap(calls_d, ours.calls)[1]
         if mode == "sigma":
             assert d_x < 1e-13

@@ -60,24 +60,29 @@ def test_stochastic_samplers_produce_the_mixture(proc, case):
     assert z_mass < Z, z_mass
 
 
-@pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "heun_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
-                                  "pc", "langevin"])
+# |mean log p - reference| (nats) at 5, 10, 30 steps on each sampler's default spacing, VP-cosine,
+# measured; the mixture's entropy is 2.07 nats. dpmpp_2m_sde is on its Karras default: on trailing it
+# measured 0.33, 0.16, 0.04 here (this broad 2-D mixture favours trailing at 5-10 steps; the sharp
+# 16-D one and the MNIST model favour Karras: docs/samplers.md, "Default schedules").
+FEW_STEPS = {"ddpm": (0.23, 0.28, 0.20), "euler_ancestral": (0.23, 0.28, 0.20), "heun_sde": (27.8, 1.06, 0.14),
+             "dpmpp_2m_sde": (1.18, 0.79, 0.070), "dpmpp_3m_sde": (0.25, 0.051, 0.12), "pc": (0.29, 0.31, 0.14),
+             "langevin": (0.53, 0.88, 0.56)}
+
+
+@pytest.mark.parametrize("name", list(FEW_STEPS))
 def test_fewer_steps_degrade_gracefully(name):
-    """From 5 to 30 steps (each sampler's own spacing): finite samples always; an error bounded by
-    5 nats (the mixture's entropy is 2.07) and below 0.6 nats at 30 steps. heun_sde is only bounded
-    from 10 steps and misses by 28 nats at 5: Heun's trapezoid step between far-apart levels is
-    unstable, the ODE being stiff as s -> 0 (Karras et al. use tens of steps). dpmpp_3m_sde is fine
-    on its trailing schedule (0.10 nats at 5 steps) but not on log-SNR or Karras ladders (36 nats):
-    the quadratic through three noisy x0_hat extrapolates the injected noise over growing steps."""
+    """From 5 to 30 steps (each sampler's default spacing): finite samples, and errors within 2.5x of
+    the measured ones (FEW_STEPS). heun_sde misses by 28 nats at 5 steps: Heun's trapezoid step
+    between far-apart levels is unstable, the ODE being stiff as s -> 0 (Karras et al. use tens of
+    steps). dpmpp_3m_sde is fine on its trailing default but not on log-SNR or Karras ladders at 5
+    steps: the quadratic through three noisy x0_hat extrapolates the injected noise over growing steps."""
     process = VP("cosine")
     errors = []
     for steps in (5, 10, 30):
         out, _ = sample(name, process, SAMPLERS[name].spacing, steps)
         assert bool(torch.isfinite(out).all())
         errors.append(distribution_errors(GMM, REF, out)[0])
-    fragile = {"heun_sde": 40.0}
-    assert errors[0] < fragile.get(name, 5.0), errors
-    assert max(errors[1:]) < 5.0 and errors[-1] < 0.6, errors
+    assert all(e < 2.5 * m for e, m in zip(errors, FEW_STEPS[name])), (errors, FEW_STEPS[name])
 
 
 @pytest.mark.parametrize("name", ["euler_ancestral", "heun_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "pc",

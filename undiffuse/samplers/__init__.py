@@ -34,7 +34,7 @@ class SamplerInfo:
     paper: str
     nfe: Callable[[int, dict], int] | None = lambda steps, opts: steps  # None: adaptive
     options: dict = field(default_factory=dict)  # registered defaults, overridable by the caller
-    spacing: str = "trailing"                      # the step schedule it is best with (docs/samplers.md)
+    spacing: str = "trailing"  # default step schedule: measured, docs/samplers.md "Default schedules"
 
     def __call__(self, denoiser, x, ts, **kwargs):
         known = inspect.signature(self.fn).parameters
@@ -70,7 +70,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
                             lambda n, o: 2 * n - 1, EDM_CHURN, spacing="karras"),
     "dpmpp_2m": SamplerInfo(dpmpp_2m, 2, False, "Lu et al. 2022 (DPM-Solver++), Algorithm 2",
                             spacing="logsnr"),
-    "dpmpp_2m_sde": SamplerInfo(dpmpp_2m_sde, None, True, "Lu et al. 2022 (DPM-Solver++), sec. 5"),
+    "dpmpp_2m_sde": SamplerInfo(dpmpp_2m_sde, None, True, "Lu et al. 2022 (DPM-Solver++), sec. 5",
+                                spacing="karras"),
     "dpmpp_3m": SamplerInfo(dpmpp_3m, 3, False, "Lu et al. 2022 (DPM-Solver++), eq. 9, 3rd order",
                             spacing="logsnr"),
     "dpmpp_3m_sde": SamplerInfo(dpmpp_3m_sde, None, True, "k-diffusion; Lu et al. 2022, sec. 5"),

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..denoiser import Prediction
 from ..processes.gaussian import bcast
-from .base import Callback, DenoiserLike, noise_like, run_steps, scaled
+from .base import Callback, DenoiserLike, check_ts, noise_like, run_steps, scaled
 
 
 def _weights(h: float, eta: float) -> tuple[float, float, float]:
@@ -36,11 +36,43 @@ def _weights(h: float, eta: float) -> tuple[float, float, float]:
     return c0, c1, c2
 
 
+def step_orders(process, ts: Tensor, order: int, lower_order_final: bool) -> list[int]:
+    """The order of each step from ts[i] to ts[i + 1]: ``order``, less on the first steps (a
+    multistep method has only i + 1 x0_hat to fit there), and with ``lower_order_final`` less on the
+    last steps of the solve: the last one first order, the one before at most second order (Lu et al.
+    2022's ``lower_order_final``; diffusers' too). Where the solve ends:
+
+    * when ``ts`` reaches the process's smallest level ``t_min`` and then 0 (linspace, leading, karras,
+      logsnr), at t_min: the step to 0 is Lu et al.'s "denoise to zero", x0_hat. The step into t_min
+      is the longest in log-SNR of a linspace or leading ladder (3.6 against 0.77 for the one before
+      at 10 steps on a linear DDPM), and the multistep polynomial extrapolated over it diverges;
+    * otherwise (trailing, a user ladder), at the last level of ``ts``: into 0 that step is x0_hat,
+      first order already, as in diffusers with ``final_sigmas_type="zero"``, and the order cap falls on
+      the step before it. A ladder that stops above 0 (a partial solve) is left at full order.
+
+    diffusers lowers only below 15 steps; here it is done at every step count, because with the
+    threshold 3M's error on linspace grows from 14 to 20 steps (docs/samplers.md)."""
+    ts = check_ts(ts)
+    n = len(ts) - 1
+    orders = [min(order, i + 1) for i in range(n)]
+    if float(ts[-1]) != 0:
+        return orders
+    orders[-1] = 1  # x0_hat: the first-order step into s = 0 (``run_steps`` takes it)
+    if not lower_order_final or n < 2:
+        return orders
+    at_t_min = float(ts[-2]) <= process.t_min * (1 + 1e-6)   # logsnr's bisection lands within 5e-8
+    last = n - 2 if at_t_min else n - 1                       # index of the solve's last step
+    for i in range(max(last - 1, 0), last + 1):
+        orders[i] = min(orders[i], last - i + 1)
+    return orders
+
+
 def _multistep(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond, generator, callback, *,
-               order: int, eta: float, midpoint: bool) -> Tensor:
+               order: int, eta: float, midpoint: bool, lower_order_final: bool) -> Tensor:
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     process = denoiser.process
+    orders = iter(step_orders(process, ts, order, lower_order_final))
     history: list[tuple[float, Tensor]] = []  # (lambda, x0_hat), newest first
 
     def step(x: Tensor, t: Tensor, s: Tensor, pred: Prediction) -> Tensor:
@@ -49,16 +81,17 @@ def _multistep(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond, generator, c
         h = lam_s - lam_t
         history.insert(0, (lam_t, pred.x0))
         del history[order:]
+        k = next(orders)
         c0, c1, c2 = _weights(h, eta)
         x_scaled = math.exp(-(1 + eta) * h) * (x / bcast(a_t, x)) + c0 * pred.x0
-        if len(history) >= 2:
+        if k >= 2:
             (_, d0), (lam_1, d1) = history[0], history[1]
             h1 = lam_t - lam_1
             f01 = (d0 - d1) / h1                      # divided difference D[lambda_t, lambda_1]
             if midpoint:
                 # Lu et al. 2022, Algorithm 2: D = (1 + 1/(2r)) D_0 - 1/(2r) D_1, r = h_1 / h.
                 x_scaled = x_scaled + (0.5 * c0 * h) * f01
-            elif len(history) == 2:
+            elif k == 2:
                 x_scaled = x_scaled + c1 * f01
             else:
                 lam_2, d2 = history[2]
@@ -75,35 +108,43 @@ def _multistep(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond, generator, c
 
 @torch.no_grad()
 def dpmpp_2m(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None = None,
-             generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+             generator: torch.Generator | None = None, callback: Callback | None = None,
+             lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep on the
-    probability-flow ODE, first order on the first step; deterministic."""
-    return _multistep(denoiser, x, ts, cond, generator, callback, order=2, eta=0.0, midpoint=True)
+    probability-flow ODE, first order on the first step and (``lower_order_final``) on the solve's
+    last step (``step_orders``); deterministic."""
+    return _multistep(denoiser, x, ts, cond, generator, callback, order=2, eta=0.0, midpoint=True,
+                      lower_order_final=lower_order_final)
 
 
 @torch.no_grad()
 def dpmpp_2m_sde(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None = None,
                  generator: torch.Generator | None = None, callback: Callback | None = None,
-                 eta: float = 1.0) -> Tensor:
+                 eta: float = 1.0, lower_order_final: bool = True) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5 and appendix; k-diffusion
     ``sample_dpmpp_2m_sde`` with the midpoint rule): the 2M update on the reverse SDE family above,
     eta = 1 the reverse diffusion SDE, eta = 0 the ODE solver ``dpmpp_2m``."""
-    return _multistep(denoiser, x, ts, cond, generator, callback, order=2, eta=eta, midpoint=True)
+    return _multistep(denoiser, x, ts, cond, generator, callback, order=2, eta=eta, midpoint=True,
+                      lower_order_final=lower_order_final)
 
 
 @torch.no_grad()
 def dpmpp_3m(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None = None,
-             generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+             generator: torch.Generator | None = None, callback: Callback | None = None,
+             lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++(3M): third-order multistep on the probability-flow ODE (Lu et al. 2022,
     eq. 9 with a quadratic through the last three x0_hat, integrated exactly); orders 1 and 2 on the
-    first two steps. Deterministic."""
-    return _multistep(denoiser, x, ts, cond, generator, callback, order=3, eta=0.0, midpoint=False)
+    first two steps and (``lower_order_final``) 2 and 1 on the solve's last two (``step_orders``).
+    Deterministic."""
+    return _multistep(denoiser, x, ts, cond, generator, callback, order=3, eta=0.0, midpoint=False,
+                      lower_order_final=lower_order_final)
 
 
 @torch.no_grad()
 def dpmpp_3m_sde(denoiser: DenoiserLike, x: Tensor, ts: Tensor, *, cond: Tensor | None = None,
                  generator: torch.Generator | None = None, callback: Callback | None = None,
-                 eta: float = 1.0) -> Tensor:
+                 eta: float = 1.0, lower_order_final: bool = True) -> Tensor:
     """SDE-DPM-Solver++(3M) (k-diffusion ``sample_dpmpp_3m_sde``): the 3M quadrature on the
     reverse SDE family above with weight (1 + eta) e^{(1 + eta)(u - h)}; eta = 0 is ``dpmpp_3m``."""
-    return _multistep(denoiser, x, ts, cond, generator, callback, order=3, eta=eta, midpoint=False)
+    return _multistep(denoiser, x, ts, cond, generator, callback, order=3, eta=eta, midpoint=False,
+                      lower_order_final=lower_order_final)
