@@ -202,7 +202,7 @@ ALL_PROCESSES = [DDPM(1000, "linear"), DDPM(100, "cosine"), VP("linear"), VP("co
 @pytest.mark.parametrize("steps", [1, 7, 50])
 def test_every_schedule_decreases_to_zero(process, spacing, steps):
     if spacing == "leading" and not isinstance(process, DDPM):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="'leading' spacing is defined for discrete DDPM"):
             timesteps(process, steps, spacing)
         return
     ts = timesteps(process, steps, spacing)
@@ -249,21 +249,26 @@ def test_user_levels_and_bad_inputs():
     torch.testing.assert_close(timesteps(p, 3, [0.9, 0.5, 0.2]),
                                torch.tensor([0.9, 0.5, 0.2, 0.0], dtype=F64))
     torch.testing.assert_close(timesteps(p, 3, [1.0, 0.5, 0.0]), torch.tensor([1.0, 0.5, 0.0], dtype=F64))
-    bad = [dict(steps=0), dict(steps=-3), dict(steps=1001), dict(steps=10, spacing="cosine"),
-           dict(steps=3, spacing=[0.2, 0.5]), dict(steps=3, spacing=[1.5, 0.5]),
-           dict(steps=3, spacing=[0.5, 0.5, 0.1]), dict(steps=3, spacing=[])]
-    for kw in bad:
-        with pytest.raises(ValueError):
+    bad = [(dict(steps=0), "steps must be >= 1"), (dict(steps=-3), "steps must be >= 1"),
+           (dict(steps=1001), "only 1000"), (dict(steps=10, spacing="cosine"), "unknown spacing 'cosine'"),
+           (dict(steps=3, spacing=[0.2, 0.5]), "must decrease strictly"),
+           (dict(steps=3, spacing=[1.5, 0.5]), "must decrease strictly"),
+           (dict(steps=3, spacing=[0.5, 0.5, 0.1]), "must decrease strictly"),
+           (dict(steps=3, spacing=[]), "non-empty list")]
+    for kw, message in bad:
+        with pytest.raises(ValueError, match=message):
             timesteps(p, **kw)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'leading' spacing is defined for discrete DDPM"):
         timesteps(VP(), 5, "leading")
-    for ts in ([0.5], [[1.0, 0.5]], [0.5, 0.7, 0.0], [1.2, 0.5, 0.0], [1.0, 0.5, -0.1]):
-        with pytest.raises(ValueError):
+    for ts, message in (([0.5], "at least 2 levels"), ([[1.0, 0.5]], "at least 2 levels"),
+                        ([0.5, 0.7, 0.0], "decrease strictly"), ([1.2, 0.5, 0.0], "decrease strictly"),
+                        ([1.0, 0.5, -0.1], "decrease strictly")):
+        with pytest.raises(ValueError, match=message):
             check_ts(torch.tensor(ts, dtype=F64))
     oracle = OracleDenoiser(GaussianMixture(torch.zeros(1, 2, dtype=F64), 1.0), p)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
         ddim(oracle, torch.zeros(2, 2, dtype=F64), timesteps(p, 5), eta=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown variance 'huge'"):
         ddpm(oracle, torch.zeros(2, 2, dtype=F64), timesteps(p, 5), variance="huge")
 
 
@@ -320,9 +325,9 @@ def test_reverse_step_variances_are_beta_and_beta_tilde():
     mean, log_var = reverse_step(p, pred, xt, torch.tensor(0.5, dtype=F64), torch.tensor(0.499, dtype=F64),
                                  "beta_tilde")
     assert float(log_var.exp().flatten()[0]) == pytest.approx(tilde[4], rel=1e-7)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a denoiser built with learn_variance=True"):
         reverse_step(p, Prediction(x0_hat, x0_hat), xt, t, s, "learned")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown variance 'fixedlarge'"):
         reverse_step(p, pred, xt, t, s, "fixedlarge")
 
 
