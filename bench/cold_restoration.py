@@ -257,10 +257,10 @@ def tables(docs: Path) -> str:
                          f"{r['n']} | {r['method']} | {r['rmse']:.4f} | {r['ssim']:.4f} | {fid} | {agree} |")
         lines.append("")
     if generate_file.exists():
-        lines += ["| model and sampler | n | FID-style (floor) | precision | recall | classes present |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| model and sampler | steps trained | n | FID-style (floor) | precision | recall | classes present |",
+                  "|---|---|---|---|---|---|---|"]
         for r in json.loads(generate_file.read_text()):
-            lines.append(f"| {r['model']} | {r['n']} | {r['fid']:.2f} ({r['fid_floor']:.2f}) | "
+            lines.append(f"| {r['model']} | {r.get('train_steps', 500)} | {r['n']} | {r['fid']:.2f} ({r['fid_floor']:.2f}) | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('classes_present', '-')} |")
     return "\n".join(lines)
 
