@@ -1,14 +1,17 @@
 """Cold diffusion measured (Bansal et al. 2022): restoration tables and generation beside DDPM.
 
-    python bench/cold_restoration.py train            # the six runs under runs/cold (~40 min, 2 quiet cores)
-    python bench/cold_restoration.py restore          # RMSE / SSIM / FID-style table -> docs/cold_restoration.json
-    python bench/cold_restoration.py generate         # cold blur vs Gaussian DDPM -> docs/cold_generation.json
-    python bench/cold_restoration.py table            # both as Markdown
+    python bench/cold_restoration.py train --runs blur --root runs/cold-long   # resumable; hours
+    python bench/cold_restoration.py restore --runs blur --root runs/cold-long # -> docs/cold_restoration.json
+    python bench/cold_restoration.py generate --root runs/cold-long            # -> docs/cold_generation.json
+    python bench/cold_restoration.py ceiling          # what D(x0, T) keeps of the digit's class
+    python bench/cold_restoration.py table            # the tables as Markdown
 
 Every run trains through undiffuse's Trainer with the MNIST demo's recipe (``preset("mnist")``:
-the mnist-demo U-Net, AdamW, batch 64, bf16), unconditional, for half the demo's steps (500; 150 for
-the photo runs: a 2-core budget) on a TRAINING split; the tables restore images of a disjoint
-HELD-OUT split:
+the mnist-demo U-Net, AdamW, batch 64, bf16), unconditional, for the steps of ``RUNS``; the cold
+MNIST runs of this round add ``RECIPE`` (chosen by ``bench/cold_sweep.py``). Rows record the recipe
+and steps they were measured with (session 3's rows: 500 steps, 150 for the photo runs, paper's
+x0 prediction). ``train`` resumes each run from its newest checkpoint, so a long run can be stopped
+and carried on. The tables restore images of a HELD-OUT split disjoint from the training one:
 
 * MNIST: ``load_dataset("mnist").split(0.2, seed=0)``: 4000 training and 1000 held-out digits;
 * photos (desaturate, snow): scikit-learn's two sample photographs halved and cut into
@@ -38,11 +41,14 @@ DOCS = Path("docs")
 RECIPE = dict(standardize_input=True, residual=True)
 RUNS: dict[str, dict] = {
     "blur": dict(process="blur", data="mnist", steps=3500, **RECIPE),
-    "ddpm": dict(process="ddpm:cosine:1000", data="mnist", steps=500),
+    # The Gaussian reference for generation: the same net, optimiser and steps as "blur".
+    "ddpm": dict(process="ddpm:cosine:1000", data="mnist", steps=3500),
     "mask": dict(process="mask", data="mnist", steps=500),
     "pixelate": dict(process="pixelate", data="mnist", steps=500),
     "desaturate": dict(process="desaturate", data="photos", steps=150),
     "snow": dict(process="snow", data="photos", steps=150),
+    # Animorphosis: photo patches fade into digits (restored back to MNIST), T = 200.
+    "fade": dict(process="fade:source=photos", data="mnist", steps=1500, **RECIPE),
 }
 PHOTO_ROWS, TRAIN_ROWS, HELD_FROM_ROW = 23, 15, 19  # patch rows per photo at stride 8; see above
 
