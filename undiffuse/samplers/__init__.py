@@ -7,7 +7,8 @@ network evaluations ``steps`` steps cost, the options it is registered with, and
 
 The Cold Diffusion samplers (Bansal et al. 2022: naive, improved, direct) restore a degraded image
 with a restorer ``R(x, t)``, a different signature: they live in ``cold.py`` (``COLD_SAMPLERS``,
-re-exported here), not in ``SAMPLERS``; ``undiffuse samplers --cold`` lists them.
+re-exported here), not in ``SAMPLERS``; ``undiffuse samplers --cold`` lists them. ``iterative_denoise``
+(``iterative.py``): denoise, re-noise lower with fresh noise, repeat (the blurry-mean vs sharp demo).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 from .ancestral import ddpm, reverse_step
 from .base import check_ts, noise_like
 from .cold import COLD_SAMPLERS, GaussianMixturePrior, cold_sample
+from .iterative import iterative_denoise
 from .ddim import ddim
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde
 from .euler import euler, euler_ancestral, heun
@@ -93,4 +95,5 @@ def get_sampler(name: str) -> SamplerInfo:
 __all__ = ["SAMPLERS", "SamplerInfo", "get_sampler", "ddpm", "ddim", "euler", "euler_ancestral",
            "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "dpmpp_3m_sde", "annealed_langevin",
            "predictor_corrector", "reference_ode", "reverse_step", "timesteps", "SPACINGS",
-           "check_ts", "noise_like", "COLD_SAMPLERS", "cold_sample", "GaussianMixturePrior"]
+           "check_ts", "noise_like", "COLD_SAMPLERS", "cold_sample", "GaussianMixturePrior",
+           "iterative_denoise"]
