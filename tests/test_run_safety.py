@@ -152,8 +152,11 @@ def test_make_demo_resumes_an_existing_run_instead_of_training_it_again(tmp_path
     shutil.copy(REPO / "Makefile", tmp_path)
 
     def demo_command() -> list[str]:
-        result = subprocess.run(["make", "-n", "demo", "STAMP=", "PY=python"], cwd=tmp_path,
-                                capture_output=True, text=True, check=True)
+        # Run as a top-level make: under `make test` the inherited MAKELEVEL/MAKEFLAGS would make
+        # it print "Entering directory" lines around the commands.
+        env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+        result = subprocess.run(["make", "--no-print-directory", "-n", "demo", "STAMP=", "PY=python"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
         return result.stdout.split()
 
     assert demo_command() == ["python", "-m", "undiffuse", "train"]
