@@ -43,12 +43,13 @@ RUNS: dict[str, dict] = {
     "blur": dict(process="blur", data="mnist", steps=3500, **RECIPE),
     # The Gaussian reference for generation: the same net, optimiser and steps as "blur".
     "ddpm": dict(process="ddpm:cosine:1000", data="mnist", steps=3500),
-    "mask": dict(process="mask", data="mnist", steps=500),
-    "pixelate": dict(process="pixelate", data="mnist", steps=500),
-    "desaturate": dict(process="desaturate", data="photos", steps=150),
+    "mask": dict(process="mask", data="mnist", steps=1000, **RECIPE),
+    # Also the second generating degradation: a mixture over the 4 x 4 block means of x_T.
+    "pixelate": dict(process="pixelate", data="mnist", steps=1500, **RECIPE),
+    "desaturate": dict(process="desaturate", data="photos", steps=400, **RECIPE),
     "snow": dict(process="snow", data="photos", steps=150),
     # Animorphosis: photo patches fade into digits (restored back to MNIST), T = 200.
-    "fade": dict(process="fade:source=photos", data="mnist", steps=1500, **RECIPE),
+    "fade": dict(process="fade:source=photos", data="mnist", steps=1000, **RECIPE),
 }
 PHOTO_ROWS, TRAIN_ROWS, HELD_FROM_ROW = 23, 15, 19  # patch rows per photo at stride 8; see above
 
