@@ -66,7 +66,7 @@ def splits(dataset: str) -> tuple[TensorData, TensorData]:
 
 
 def train(names: list[str]) -> None:
-    from undiffuse.train import Trainer
+    from undiffuse.trainer import Trainer
 
     for name in names:
         spec = dict(RUNS[name])
@@ -169,7 +169,7 @@ def ceiling(out: Path) -> list[dict]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from undiffuse.processes.cold import make_degradation
+    from undiffuse.cold.degradations import make_degradation
 
     train_split, held = splits("mnist")
     rows = []
@@ -199,9 +199,8 @@ def _modes_pipeline(pipe, train_x: torch.Tensor, modes: int = 2, components: int
     """The blur run's restorer with a generation prior over the (2K + 1)^2 lowest Fourier modes of
     the fully blurred training digits (``Blur(summary_modes=K)``), a ``components``-Gaussian mixture:
     x_T drawn with the structure that survives the blur, instead of flat means plus white noise."""
-    from undiffuse.cold_pipeline import ColdPipeline
-    from undiffuse.processes.cold import ColdRestorer, make_degradation
-    from undiffuse.samplers.cold import GaussianMixturePrior
+    from undiffuse.cold.pipeline import ColdPipeline
+    from undiffuse.cold import ColdRestorer, GaussianMixturePrior, make_degradation
 
     r = pipe.restorer
     deg = make_degradation({**pipe.degradation.config(), "summary_modes": modes})

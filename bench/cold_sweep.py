@@ -56,7 +56,7 @@ def config(name: str, steps: int):
 
 
 def train(names: list[str], steps: int) -> None:
-    from undiffuse.train import Trainer
+    from undiffuse.trainer import Trainer
 
     for name in names:
         cfg, out = config(name, steps), ROOT / name

@@ -7,7 +7,7 @@
 The denoiser is a cold-interface ``gaussian`` run (T = 200, cosine alpha_bar; the MNIST demo's net,
 unconditional) trained with the L1 loss to predict x0 (``undiffuse train --process gaussian``), on
 the 4000-digit training split of ``bench/cold_restoration.py``. From the same pure-noise x_T it
-restores with ``undiffuse.samplers.iterative.iterative_denoise`` for k = 1, 2, 5, 10, 20, 50 network
+restores with ``undiffuse.cold.iterative.iterative_denoise`` for k = 1, 2, 5, 10, 20, 50 network
 calls (k = 1: the one-shot ``R(x_T, T)``) and scores each k: FID-style against held-out digits (the
 MNIST feature net; floor: training digits against the same) and sharpness, the mean absolute
 finite-difference gradient of the images beside the data's.
@@ -36,7 +36,7 @@ def sharpness(x: torch.Tensor) -> float:
 
 def train(steps: int) -> None:
     from undiffuse.config import preset
-    from undiffuse.train import Trainer
+    from undiffuse.trainer import Trainer
 
     cfg = preset("mnist").updated(process="gaussian", data="mnist", class_conditional=False, out=str(ROOT),
                                   steps=steps, sample_every=0, checkpoint_every=250, num_samples=16)
@@ -48,7 +48,7 @@ def train(steps: int) -> None:
 def measure(n: int, seed: int = 0) -> list[dict]:
     from undiffuse import load
     from undiffuse.metrics import extract_features, fid_from_features, get_feature_net
-    from undiffuse.samplers.iterative import iterative_denoise
+    from undiffuse.cold.iterative import iterative_denoise
     from undiffuse.viz import save_labelled_grid
 
     train_x, held = splits("mnist")

@@ -19,7 +19,7 @@ import torch
 from undiffuse.config import preset
 from undiffuse.data import load_dataset
 from undiffuse.metrics import extract_features, fid_from_features, get_feature_net, predict_labels
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 UNET = dict(type="unet", channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
             attn_resolutions=(8,), dropout=0.0)

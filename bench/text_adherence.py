@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from undiffuse import load
-from undiffuse.evaluate_text import evaluate_text_model, format_text_table
+from undiffuse.text.evaluate import evaluate_text_model, format_text_table
 
 SCALES = [0.0, 1.0, 2.0, 3.0, 5.0, 7.5]
 

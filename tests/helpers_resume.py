@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from undiffuse.config import TrainConfig
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 
 class Crash(Exception):

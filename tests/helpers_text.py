@@ -12,7 +12,7 @@ import zlib
 import torch
 
 from undiffuse.data import TensorData, load_dataset
-from undiffuse.text import ENCODERS, TextEmbedding
+from undiffuse.text.encoders import ENCODERS, TextEmbedding
 
 FAKE = "fake-test"
 

@@ -13,7 +13,7 @@ from torch import nn
 from undiffuse.data import load_dataset, load_shapes, mnist_prompts, shapes_prompts
 from undiffuse.data.mnist_captions import SLANT_THRESHOLDS, DigitPrompt, measure_strokes, stroke_classes
 from undiffuse.data.shapes import ShapeObject, ShapePrompt, render_shapes
-from undiffuse.evaluate_text import evaluate_text_model, format_text_table
+from undiffuse.text.evaluate import evaluate_text_model, format_text_table
 from undiffuse.metrics import adherence as adh
 from undiffuse.metrics.fid import fid_from_features
 

@@ -25,7 +25,7 @@ from undiffuse.data import DataError, load_dataset
 from undiffuse.denoiser import Denoiser
 from undiffuse.nets import build_net
 from undiffuse.processes import make_process
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 from helpers_cli import assert_clean_error
 

@@ -26,7 +26,7 @@ from undiffuse.checkpoint import KEEP_CHECKPOINTS, latest_checkpoint, load_weigh
 from undiffuse.config import TrainConfig
 from undiffuse.data import TensorData, load_dataset
 from undiffuse.nets import UNET_PRESETS, build_net
-from undiffuse.train import NonFiniteLossError, Trainer
+from undiffuse.trainer import NonFiniteLossError, Trainer
 
 from helpers_resume import straight_and_resumed
 

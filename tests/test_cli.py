@@ -20,7 +20,7 @@ from PIL import Image
 import undiffuse
 from undiffuse.cli import main
 from undiffuse.config import preset
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 from undiffuse.viz import save_grid
 
 from helpers_cli import assert_clean_error, assert_png

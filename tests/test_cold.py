@@ -1,5 +1,5 @@
-"""Cold Diffusion (Bansal et al. 2022): the degradations of ``undiffuse.processes.cold`` and the
-samplers of ``undiffuse.samplers.cold``, on tiny tensors (the whole file runs in seconds)."""
+"""Cold Diffusion (Bansal et al. 2022): the degradations of ``undiffuse.cold.degradations`` and the
+samplers of ``undiffuse.cold.samplers``, on tiny tensors (the whole file runs in seconds)."""
 import json
 
 import pytest
@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from undiffuse.data import load_digits
-from undiffuse.processes.cold import (DEGRADATIONS, Blur, ColdRestorer, Degradation, Desaturate, Fade,
-                                      GaussianNoise, Mask, Pixelate, Snow, cold_loss, make_degradation)
-from undiffuse.processes.cold.blur import blur_reference
-from undiffuse.samplers.cold import (COLD_SAMPLERS, GaussianMixturePrior, cold_sample, direct, generate,
-                                     improved, naive)
+from undiffuse.cold import ColdRestorer, cold_loss
+from undiffuse.cold.degradations import (DEGRADATIONS, Blur, Degradation, Desaturate, Fade, GaussianNoise, Mask,
+                                         Pixelate, Snow, make_degradation)
+from undiffuse.cold.degradations.blur import blur_reference
+from undiffuse.cold.prior import GaussianMixturePrior
+from undiffuse.cold.samplers import COLD_SAMPLERS, cold_sample, direct, generate, improved, naive
 
 
 def smooth_images(b=3, c=3, h=12, w=10, seed=0):

@@ -9,9 +9,9 @@ import torch
 
 from undiffuse.config import TrainConfig
 from undiffuse.metrics import class_agreement
-from undiffuse.processes.cold import make_degradation
-from undiffuse.processes.cold.base import STANDARDIZE_EPS, standardized_input
-from undiffuse.samplers.iterative import iterative_denoise, iterative_levels
+from undiffuse.cold.degradations import make_degradation
+from undiffuse.cold.restorer import STANDARDIZE_EPS, standardized_input
+from undiffuse.cold.iterative import iterative_denoise, iterative_levels
 from undiffuse.testing.oracle import GaussianMixture, OracleDenoiser
 
 
@@ -44,7 +44,7 @@ def test_standardized_input_keeps_heavy_blur_detail_through_bf16():
 
 def test_standardized_restorer_builds_three_planes_and_resumes_config():
     from undiffuse.data import TensorData
-    from undiffuse.train_cold import build_restorer, restorer_config
+    from undiffuse.cold.objective import build_restorer, restorer_config
 
     cfg = TrainConfig(process="blur", net="tiny", standardize_input=True, residual=True,
                       class_conditional=False).resolved()
@@ -139,7 +139,7 @@ def test_iterative_denoise_refuses_deterministic_degradation():
 # --- generation prior over blur's surviving Fourier modes ----------------------------------------
 
 def test_fourier_basis_orthonormal_and_blur_invariant():
-    from undiffuse.processes.cold.blur import fourier_basis
+    from undiffuse.cold.degradations.blur import fourier_basis
 
     b = fourier_basis(2, 32, 32)
     assert b.shape == (25, 1024)
@@ -178,7 +178,7 @@ def test_standardized_run_saves_loads_and_resumes(tmp_path):
     and on resume, and samples the same images after loading."""
     from undiffuse import load
     from undiffuse.data import TensorData
-    from undiffuse.train import Trainer
+    from undiffuse.trainer import Trainer
 
     x = (torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.8).float() * 2 - 1
     data = TensorData(x, None, None, name="strokes")

@@ -22,14 +22,14 @@ from PIL import Image
 import undiffuse
 from undiffuse.checkpoint import latest_checkpoint, load_weights
 from undiffuse.cli import main
-from undiffuse.cold_pipeline import ColdPipeline
+from undiffuse.cold.pipeline import ColdPipeline
 from undiffuse.config import TrainConfig
 from undiffuse.data import load_dataset
 from undiffuse.nets import UNET_PRESETS
 from undiffuse.pipeline import SampleResult
-from undiffuse.processes.cold import DEGRADATIONS, make_degradation
-from undiffuse.samplers.cold import GaussianMixturePrior
-from undiffuse.train import Trainer
+from undiffuse.cold.degradations import DEGRADATIONS, make_degradation
+from undiffuse.cold.prior import GaussianMixturePrior
+from undiffuse.trainer import Trainer
 
 from helpers_cli import assert_clean_error, assert_png
 from helpers_resume import straight_and_resumed

@@ -15,7 +15,7 @@ from torch import nn
 
 from undiffuse.nets import CrossAttentionBlock, build_net, net_config
 from undiffuse.nets.attention import position_features
-from undiffuse.text import TextEmbedding
+from undiffuse.text.encoders import TextEmbedding
 
 from helpers_nets import unzeroed
 from helpers_text import FakeEncoder

@@ -38,7 +38,7 @@ import undiffuse
 from undiffuse import distributed
 from undiffuse.checkpoint import latest_checkpoint, load_weights
 from undiffuse.config import TrainConfig
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available")

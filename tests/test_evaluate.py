@@ -15,7 +15,7 @@ import torch
 from undiffuse.cli import main
 from undiffuse.config import preset
 from undiffuse.evaluate import format_table, sample_quality
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 from helpers_cli import assert_png
 

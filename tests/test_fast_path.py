@@ -22,7 +22,7 @@ from undiffuse.nets import attention, build_net
 from undiffuse.nets.attention import attend, attention_backend, chunked_attention
 from undiffuse.pipeline import Pipeline
 from undiffuse.processes import make_process
-from undiffuse.train import Trainer
+from undiffuse.trainer import Trainer
 
 # Small enough to compile in seconds; attention at 8x8 with 2 heads of 8 (the chunked path's case).
 SMALL = dict(type="unet", in_channels=1, image_size=16, channels=16, channel_mult=(1, 2), num_res_blocks=1,
@@ -127,7 +127,7 @@ def test_fp32_and_bf16_samples_agree():
 
 def test_bf16_copy_of_a_text_net_runs_and_keeps_layernorms_float32():
     from undiffuse.pipeline import bf16_inference_copy
-    from undiffuse.text import TextEmbedding
+    from undiffuse.text.encoders import TextEmbedding
 
     net = unzeroed(build_net("tiny", context_dim=16)).eval()
     fast = bf16_inference_copy(net)

@@ -35,7 +35,7 @@ def test_undiffuse_train_stays_callable_after_the_train_module_is_imported():
     # to rebind the package attribute, so a second `undiffuse.train(...)` raised "'module' object
     # is not callable".
     import undiffuse.cli  # noqa: F401
-    from undiffuse.train import Trainer  # noqa: F401
+    from undiffuse.trainer import Trainer  # noqa: F401
     assert undiffuse.train is undiffuse.pipeline.train and callable(undiffuse.train)
 
 

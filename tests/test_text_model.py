@@ -26,9 +26,9 @@ from undiffuse.guidance import ClassifierFreeGuidance
 from undiffuse.nets import UNET_PRESETS, build_net
 from undiffuse.pipeline import Pipeline
 from undiffuse.processes import make_process
-from undiffuse.text import NULL_CAPTION, encode_captions, get_encoder
-from undiffuse.train import Trainer, batch_indices
-from undiffuse.train_text import drop_captions
+from undiffuse.text.encoders import NULL_CAPTION, encode_captions, get_encoder
+from undiffuse.trainer import Trainer, batch_indices
+from undiffuse.text.objective import drop_captions
 
 from helpers_cli import assert_clean_error, assert_png
 from helpers_resume import straight_and_resumed
@@ -259,7 +259,7 @@ def check_eval_routes_to_adherence(run, capsys):
     that records its arguments; the real one is tested in test_adherence.py) and writes eval_text.json."""
     import json
 
-    import undiffuse.evaluate_text as evaluate_text
+    import undiffuse.text.evaluate as evaluate_text
 
     calls = []
 

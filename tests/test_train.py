@@ -17,7 +17,7 @@ import torch
 
 from undiffuse.config import PRESETS, TrainConfig, preset
 from undiffuse.data import load_dataset, load_toy2d
-from undiffuse.train import Trainer, batch_indices, ema_update, lr_at
+from undiffuse.trainer import Trainer, batch_indices, ema_update, lr_at
 
 MLP = {"type": "mlp", "hidden": 64, "num_blocks": 2}
 

@@ -27,7 +27,7 @@ from .checkpoint import atomic_write, read_json, write_json
 from .data import TensorData, load_dataset
 from .nets.embeddings import TimeEmbedding, batch_noise_labels
 from .nets.unet import Downsample, UNetBlock, group_norm, zero_init
-from .processes import is_cold
+from .cold import is_cold
 from .processes.gaussian import GaussianProcess, bcast, make_process
 
 __all__ = ["NoisyClassifier", "TimeClassifier", "train_classifier", "save_classifier", "load_classifier",

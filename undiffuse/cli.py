@@ -14,7 +14,7 @@ from .checks import MAX_GUIDANCE, check_output_file, check_sample_settings
 from .classifier import add_cli as add_classifier_cli
 from .classifier import cmd_train_classifier
 from .cli_eval import add_eval, cmd_eval
-from .cli_text import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options,
+from .text.cli import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options,
                        cmd_sample_text)
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
@@ -154,8 +154,8 @@ def cmd_samplers(args) -> int:
 
 
 def _list_cold() -> int:
-    from .processes.cold import DEGRADATIONS
-    from .samplers.cold import COLD_SAMPLERS
+    from .cold.degradations import DEGRADATIONS
+    from .cold.samplers import COLD_SAMPLERS
 
     about = {"naive": "Algorithm 1: x_{s-1} = D(R(x_s, s), s - 1)",
              "improved": "Algorithm 2: x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s - 1) (the default)",
@@ -198,8 +198,8 @@ def cmd_train(args) -> int:
     cfg = cfg.updated(**overrides)
     from . import distributed
     from .rundir import check_run_dir
-    from .train import NonFiniteLossError, Trainer
-    from .train_text import preview_prompts
+    from .trainer import NonFiniteLossError, Trainer
+    from .text.objective import preview_prompts
 
     check_run_dir(cfg.out, resume=args.resume, overwrite=args.overwrite)  # before the data loads
     t0 = time.perf_counter()
@@ -342,7 +342,7 @@ def _ladder_images(source: str, n: int, seed: int, image_size: int | None):
         x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
         return resize_images(x, image_size or min(side, 128)) if (image_size or side > 128) else x
     if source.strip().lower() == "photos":
-        from .processes.cold.fade import load_source
+        from .cold.degradations.fade import load_source
 
         x = load_source("photos")
         x = resize_images(x, image_size) if image_size else x
@@ -357,7 +357,7 @@ def _ladder_images(source: str, n: int, seed: int, image_size: int | None):
 def cmd_degrade(args) -> int:
     import torch
 
-    from .processes.cold import degradation_from_config, make_degradation
+    from .cold.degradations import degradation_from_config, make_degradation
     from .viz import save_labelled_grid
 
     check_output_file(args.out, "--out")

@@ -1,14 +1,14 @@
 """`undiffuse eval`: the command line of ``undiffuse.evaluate`` (and, for text runs, of
-``undiffuse.evaluate_text`` through ``cli_text.cmd_eval_text``), alone or under torchrun."""
+``undiffuse.text.evaluate`` through ``cli_text.cmd_eval_text``), alone or under torchrun."""
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
 
 from .checks import check_count, check_guidance, check_sample_settings
-from .cli_text import add_eval_text_options
+from .text.cli import add_eval_text_options
 from .distributed import DEVICES
-from .processes import is_cold
+from .cold import is_cold
 
 
 def add_eval(sub) -> None:
@@ -51,7 +51,7 @@ def check_eval_args(args) -> None:
 
 def cmd_eval(args) -> int:
     from . import distributed
-    from .cli_text import cmd_eval_text
+    from .text.cli import cmd_eval_text
     from .evaluate import evaluate, format_table
     from .run_files import read_run_config
 

@@ -4,7 +4,7 @@ The config is saved as JSON in the run directory and compared on ``--resume``.
 
 ``process`` is a Gaussian forward process ("ddpm:cosine:1000", "vp", "ve", "edm") or a cold
 degradation of Bansal et al. 2022 ("blur", "mask", "pixelate", "desaturate", "snow", "fade",
-"gaussian", with settings as in "blur:T=20:sigma=7"; ``undiffuse.processes.cold``). A cold run
+"gaussian", with settings as in "blur:T=20:sigma=7"; ``undiffuse.cold.degradations``). A cold run
 trains a restoration network ``R(x_t, t) -> x0`` with the L1 loss by default, through the same
 Trainer. Two fields default by process (``resolved`` fills them in, and the run saves the result):
 ``loss`` (l2 Gaussian, l1 cold) and ``sampler`` (ddim Gaussian, improved cold). The settings of
@@ -30,10 +30,10 @@ from .checks import check_guidance, check_output_dir
 from .denoiser import PARAMETERIZATIONS
 from .distributed import DEVICES
 from .losses import LOSSES, WEIGHTINGS
-from .processes import is_cold
-from .processes.cold import make_degradation
-from .processes.cold.base import SEVERITY_WEIGHTINGS
-from .samplers.cold import COLD_SAMPLERS
+from .cold import is_cold
+from .cold.degradations import make_degradation
+from .cold.degradations.base import SEVERITY_WEIGHTINGS
+from .cold.samplers import COLD_SAMPLERS
 
 #: Gaussian-only settings and the values a cold process accepts for them (the defaults first).
 GAUSSIAN_ONLY: dict[str, tuple] = {"prediction": ("v", "x0"), "weighting": ("min_snr", "uniform"),

@@ -1,7 +1,7 @@
 """The notebook-facing API: ``undiffuse.train(config)`` and ``undiffuse.load(run_dir).sample(...)``.
 
 A run whose process is a cold degradation (``--process blur``, ...) loads as a ``ColdPipeline``
-(``undiffuse.cold_pipeline``): the same ``sample`` with the cold samplers, plus ``restore``.
+(``undiffuse.cold.pipeline``): the same ``sample`` with the cold samplers, plus ``restore``.
 
 A text-to-image run (``--text``) samples from prompts: ``pipe.sample(16, prompts="a red circle",
 guidance=3, negative_prompt="a blue square")``; its frozen text encoder is loaded on first use.
@@ -21,15 +21,16 @@ from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .processes import from_config, is_cold
+from .cold import is_cold
+from .processes import from_config
 from .rundir import check_run_dir
 from .run_files import build_run_net, config_errors, load_checked, read_run_config
 from .samplers import get_sampler, timesteps
-from .samplers.cold import COLD_SAMPLERS
+from .cold.samplers import COLD_SAMPLERS
 # Imported here, not lazily in train(): the first import of the submodule undiffuse.train sets the
 # package attribute `undiffuse.train` to that module, which must happen before undiffuse/__init__
 # binds the name to the train() function below, or `undiffuse.train(...)` stops being callable.
-from .train import Trainer
+from .trainer import Trainer
 
 
 @dataclass
@@ -218,7 +219,7 @@ class Pipeline:
         if self._encoder is None:
             if not self.is_text:
                 raise ValueError("this model is not text-conditional: it has no text encoder")
-            from .text import get_encoder
+            from .text.encoders import get_encoder
 
             with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG
                 encoder = get_encoder(self.text["encoder"])
@@ -232,7 +233,7 @@ class Pipeline:
 
     def embed(self, prompts: str | list[str] | None, n: int, what: str = "prompts"):
         """The text embedding of ``n`` prompts: one (repeated), a list of n, or None (the empty caption)."""
-        from .text import NULL_CAPTION, encode_captions
+        from .text.encoders import NULL_CAPTION, encode_captions
 
         if prompts is None:
             prompts = NULL_CAPTION
@@ -352,7 +353,7 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
     if weights not in ("ema", "model"):
         raise ValueError("weights must be 'ema' or 'model'")
     if is_cold(cfg["process"]):
-        from .cold_pipeline import load_cold
+        from .cold.pipeline import load_cold
 
         return load_cold(run_dir, cfg, ckpt, weights)
     net = build_run_net(cfg, run_dir / "config.json")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_weights, optimizer_from_flat, read_json
 from .nets import NET_TYPES, MLPDenoiser, UNet, build_net
-from .processes import is_cold
+from .cold import is_cold
 
 FIX = "restore the file from the run (or a backup), or train a new run"
 

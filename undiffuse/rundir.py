@@ -21,7 +21,7 @@ import torch
 from .config import TrainConfig
 from .nets import config_differences
 from .run_files import read_run_config
-from .train_cold import PRIOR_FILE
+from .cold.prior import PRIOR_FILE
 
 #: Everything ``undiffuse train`` writes in a run directory: what --overwrite deletes.
 TRAIN_OUTPUTS = ("config.json", "log.jsonl", "checkpoints", "samples", PRIOR_FILE)

@@ -6,9 +6,8 @@ network evaluations ``steps`` steps cost, the options it is registered with, and
 ``undiffuse samplers`` prints this table.
 
 The Cold Diffusion samplers (Bansal et al. 2022: naive, improved, direct) restore a degraded image
-with a restorer ``R(x, t)``, a different signature: they live in ``cold.py`` (``COLD_SAMPLERS``,
-re-exported here), not in ``SAMPLERS``; ``undiffuse samplers --cold`` lists them. ``iterative_denoise``
-(``iterative.py``): denoise, re-noise lower with fresh noise, repeat (the blurry-mean vs sharp demo).
+with a restorer ``R(x, t)``, a different signature: they live in ``undiffuse.cold.samplers``
+(``COLD_SAMPLERS``), not in ``SAMPLERS``; ``undiffuse samplers --cold`` lists them.
 """
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ from typing import Callable
 
 from .ancestral import ddpm, reverse_step
 from .base import check_ts, noise_like
-from .cold import COLD_SAMPLERS, GaussianMixturePrior, cold_sample
-from .iterative import iterative_denoise
 from .ddim import ddim
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde
 from .euler import euler, euler_ancestral, heun

@@ -4,7 +4,7 @@ Cold Diffusion (Bansal et al. 2022, "Cold Diffusion: Inverting Arbitrary Image T
 Noise") replaces Gaussian noise by any degradation ``D(x0, t)`` with an integer severity
 ``t in {0, ..., T}`` and ``D(x0, 0) = x0`` (sec. 3, "Generalized diffusion"), and trains a
 restoration network ``R(x_t, t) ~ x0`` with ``min E ||R(D(x0, t), t) - x0||`` (sec. 3, its training
-objective; the paper uses the L1 norm). Sampling is in ``undiffuse.samplers.cold``.
+objective; the paper uses the L1 norm). Sampling is in ``undiffuse.cold.samplers``.
 
 Conventions here, shared by every degradation in this package:
 
@@ -25,14 +25,11 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from ...processes.gaussian import bcast
 
 State = dict[str, Tensor] | None
-
-
-def bview(v: Tensor, x: Tensor) -> Tensor:
-    """A (B,) tensor shaped to broadcast against (B, ...) ``x``."""
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 class Degradation:
@@ -75,7 +72,7 @@ class Degradation:
         if self.random and state is None:
             state = self.sample_state(x0.shape, generator, x0.device, x0.dtype)
         out = self.apply(x0, t, state)
-        return torch.where(bview(t == 0, x0), x0, out)
+        return torch.where(bcast(t, x0) == 0, x0, out)
 
     def severities(self, t: int | Tensor, x0: Tensor) -> Tensor:
         """``t`` as a (B,) long tensor on ``x0``'s device, checked to lie in {0, ..., T}."""
@@ -142,7 +139,7 @@ class Degradation:
             state = self.sample_state(x0.shape, generator, x0.device, x0.dtype)
         return ts, torch.stack([self(x0, t, state=state) for t in ts])
 
-    # --- the fully degraded end, for generation (``undiffuse.samplers.cold``) ------------------
+    # --- the fully degraded end, for generation (``undiffuse.cold.samplers``) ------------------
 
     def summarize(self, x_T: Tensor) -> Tensor:
         """Fully degraded images (N, C, H, W) -> the (N, d) features a Gaussian mixture is fitted to.
@@ -225,73 +222,3 @@ class SeparableDegradation(Degradation):
 
 #: How training draws severities (``Degradation.sample_t``).
 SEVERITY_WEIGHTINGS = ("uniform", "linear")
-
-
-class ColdRestorer(nn.Module):
-    """A network as the restoration operator ``R(x_t, t) -> x0_hat`` of Bansal et al. 2022 (sec. 3).
-
-    Calls ``net(x_t, degradation.noise_label(t), cond)``; with ``residual=True`` the network predicts
-    ``x0 - x_t`` instead (the official code's ``--residual`` option). Any callable
-    ``restore(x, t) -> x0_hat`` works with the samplers; this is the one for undiffuse's nets.
-
-    ``standardize=True`` feeds the network ``standardized_input(x_t)``: per image and channel,
-    ``(x_t - mu) / s`` beside ``mu`` and ``log s`` as constant planes (3C input channels). Heavy blur
-    leaves the digit in deviations of ~1e-3 around the image mean: bf16 (8 mantissa bits) rounds
-    them away and a raw-input net must learn a gain of ~1000 first; standardized, they are O(1) and
-    nothing is lost (``mu`` and ``s`` travel beside them).
-    """
-
-    def __init__(self, net: nn.Module, degradation: Degradation, residual: bool = False,
-                 standardize: bool = False):
-        super().__init__()
-        self.net, self.degradation = net, degradation
-        self.residual, self.standardize = residual, standardize
-
-    def forward(self, x: Tensor, t: int | Tensor, cond: Tensor | None = None) -> Tensor:
-        t = self.degradation.severities(t, x)
-        x_in = standardized_input(x) if self.standardize else x
-        out = self.net(x_in, self.degradation.noise_label(t).to(x.device), cond).to(x.dtype)
-        return x + out if self.residual else out
-
-
-#: The floor of the standard deviation in ``standardized_input`` (a flat image has s = 0).
-STANDARDIZE_EPS = 1e-5
-
-
-def standardized_input(x: Tensor) -> Tensor:
-    """``cat((x - mu) / s, mu, log s)`` over channels, ``mu`` and ``s`` the per-image, per-channel
-    mean and standard deviation over pixels (``s`` floored at STANDARDIZE_EPS); computed in float32."""
-    x = x.float()
-    mu = x.mean((-2, -1), keepdim=True)
-    s = (x - mu).square().mean((-2, -1), keepdim=True).add(STANDARDIZE_EPS ** 2).sqrt()
-    return torch.cat([(x - mu) / s, mu.expand_as(x), s.log().expand_as(x)], dim=1)
-
-
-def cold_loss(restore, degradation: Degradation, x0: Tensor, *, t: Tensor | None = None,
-              generator: torch.Generator | None = None, state: State = None, cond: Tensor | None = None,
-              loss: str = "l1") -> Tensor:
-    """Per-image training loss of Bansal et al. 2022, sec. 3: ``|R(D(x0, t), t) - x0|`` averaged
-    over pixels (``loss="l1"``, the paper's) or squared (``"l2"``), with ``t ~ U{1..T}`` unless given.
-
-    The severities and the degradation state are drawn from ``generator`` (in that order) when not
-    given, so one generator reproduces a training run (with ``generator=None`` a random
-    degradation's state is the fixed private-seed one: pass a generator when training). ``D`` runs
-    without gradients; ``restore`` is called as ``restore(x_t, t)`` or ``restore(x_t, t, cond)``.
-    Returns a (B,) tensor; take ``.mean()``.
-    """
-    if t is None:
-        t = degradation.sample_t(x0.shape[0], generator, x0.device)
-    if degradation.random and state is None:
-        gen = generator if generator is not None else torch.Generator().manual_seed(degradation.seed)
-        state = degradation.sample_state(x0.shape, gen, x0.device, x0.dtype)
-    with torch.no_grad():
-        x_t = degradation(x0, t, state=state)
-    x0_hat = restore(x_t, t) if cond is None else restore(x_t, t, cond)
-    diff = x0_hat - x0
-    if loss == "l1":
-        per = diff.abs()
-    elif loss == "l2":
-        per = diff.square()
-    else:
-        raise ValueError(f"unknown cold loss {loss!r}; choose 'l1' (the paper's) or 'l2'")
-    return per.flatten(1).mean(1)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Degradation, State, bview
+from .base import Degradation, State, bcast
 
 
 def line_kernels(angles: Tensor, streak: float) -> Tensor:
@@ -109,7 +109,7 @@ class Snow(Degradation):
         if tuple(field.shape[-2:]) != tuple(shape[-2:]) or field.shape[0] != shape[0]:
             raise ValueError(f"snow: the state was drawn for shape {tuple(field.shape)}, "
                              f"not for images of shape {tuple(shape)}")
-        s = bview(t.to(field.dtype) / self.num_steps, field)
+        s = bcast(t.to(field.dtype) / self.num_steps, field)
         thr = self.threshold_start + (self.threshold_end - self.threshold_start) * s
         layer = (self.sharpness * (field - thr)).clamp(0, 1)
         kern = line_kernels(state["angle"].to(field.dtype), self.streak)
@@ -119,7 +119,7 @@ class Snow(Degradation):
         return out.reshape(b, 1, *layer.shape[-2:])
 
     def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:
-        s = bview(t.to(x0.dtype) / self.num_steps, x0)
+        s = bcast(t.to(x0.dtype) / self.num_steps, x0)
         hazy = x0 + self.haze * s * (1 - x0)
         snowy = hazy + 2 * self.flakes(t, state, x0.shape).to(x0.dtype)
         return torch.minimum(snowy, torch.clamp(hazy, min=1.0))

@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write, cache_dir
+from ..checkpoint import atomic_write, cache_dir
 
 __all__ = ["TextEmbedding", "TextEncoder", "MiniLMEncoder", "ENCODERS", "DEFAULT_ENCODER", "NULL_CAPTION",
            "get_encoder", "encode_captions", "warm_caption_cache", "clear_caption_cache", "text_cache_dir"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..gaussian import DDPM
+from ...processes.gaussian import DDPM
 from .base import Degradation, State
 
 

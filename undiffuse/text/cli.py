@@ -47,8 +47,8 @@ def add_eval_text_options(p) -> None:
 
 def cmd_sample_text(args, pipe, opts: dict) -> int:
     """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs)."""
-    from .train_text import prompt_grid
-    from .viz import save_grid
+    from .objective import prompt_grid
+    from ..viz import save_grid
 
     if not pipe.is_text:
         raise ValueError(f"{args.run} is not a text-to-image run, so --prompt and --negative-prompt do not apply; "
@@ -81,10 +81,10 @@ def cmd_eval_text(args) -> int:
     """`undiffuse eval` on a text run: prompt adherence and the FID-style score at the guidance
     scale (``--guidance``, or several with ``--guidance-scales``), written to RUN/eval_text.json.
     Runs inside ``cmd_eval``'s process group: rank 0 alone writes and prints."""
-    from . import distributed
-    from .evaluate_text import evaluate_text_model, format_text_table
-    from .pipeline import load
-    from .checkpoint import write_json
+    from .. import distributed
+    from .evaluate import evaluate_text_model, format_text_table
+    from ..pipeline import load
+    from ..checkpoint import write_json
 
     scales = args.guidance_scales or [args.guidance]
     pipe = load(args.run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Degradation, State, bview
+from .base import Degradation, State, bcast
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -48,6 +48,6 @@ class Desaturate(Degradation):
         return g.expand_as(x0)
 
     def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:
-        frac = bview(t.to(x0.dtype) / self.num_steps, x0)
+        frac = bcast(t.to(x0.dtype) / self.num_steps, x0)
         # lerp computes end - (end - start)(1 - w) for w >= 1/2: exactly gray at t = T.
         return torch.lerp(x0, self.gray(x0), frac.expand_as(x0))

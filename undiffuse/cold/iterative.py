@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..processes.cold import Degradation
-from .cold import _report
+from .degradations import Degradation
+from .samplers import report
 
 
 def iterative_levels(t_start: int, k: int) -> list[int]:
@@ -45,7 +45,7 @@ def iterative_denoise(restore: Callable[[Tensor, Tensor], Tensor], degradation: 
     levels = iterative_levels(t_start or degradation.num_steps, k)
     for i, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
         x0_hat = restore(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        _report(callback, i, t, degradation, x, x0_hat)
+        report(callback, i, t, degradation, x, x0_hat)
         if t_next == 0:
             return x0_hat
         state = degradation.sample_state(tuple(x.shape), generator, x.device, x.dtype)

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schedules import alpha_bar_fn
-from .base import Degradation, State, bview
+from ...processes.schedules import alpha_bar_fn
+from .base import Degradation, State, bcast
 
 SOURCES = ("digits", "mnist", "photos", "skimage")
 SKIMAGE_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "cat", "rocket", "coins", "moon",
@@ -179,7 +179,7 @@ class Fade(Degradation):
             raise ValueError(f"fade: the state's images have shape {tuple(z.shape)}, "
                              f"the batch {tuple(x0.shape)}")
         ab = self.alpha_bar(t.cpu()).to(x0.device)
-        return bview(ab.sqrt().to(x0.dtype), x0) * x0 + bview((1 - ab).sqrt().to(x0.dtype), x0) * z
+        return bcast(ab.sqrt().to(x0.dtype), x0) * x0 + bcast((1 - ab).sqrt().to(x0.dtype), x0) * z
 
     def prior(self, shape, generator=None, device="cpu", dtype=torch.float32):
         """Fully faded images: sqrt(1 - alpha_bar_T) z for drawn z, with their state."""

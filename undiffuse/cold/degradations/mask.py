@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Degradation, State, bview
+from .base import Degradation, State, bcast
 
 CENTERS = ("random", "middle")
 
@@ -89,7 +89,7 @@ class Mask(Degradation):
         t = t.to(device)
         for i, beta in enumerate(self.betas()[: int(t.max())], start=1):
             factor = 1 - torch.exp(-d2 / (2 * beta**2))
-            m = torch.where(bview(t >= i, m), m * factor, m)
+            m = torch.where(bcast(t, m) >= i, m * factor, m)
         return m.unsqueeze(1)
 
     def apply(self, x0: Tensor, t: Tensor, state: State) -> Tensor:

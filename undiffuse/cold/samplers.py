@@ -1,5 +1,5 @@
 """Samplers of Cold Diffusion (Bansal et al. 2022, "Cold Diffusion: Inverting Arbitrary Image
-Transforms Without Noise", sec. 3 and 5) for any ``Degradation`` of ``undiffuse.processes.cold``.
+Transforms Without Noise", sec. 3 and 5) for any ``Degradation`` of ``undiffuse.cold.degradations``.
 
 The restoration operator is any callable ``restore(x, t) -> x0_hat`` with ``t`` a (B,) long tensor of
 severities (``processes.cold.ColdRestorer`` wraps a network). Every sampler here has the signature
@@ -47,14 +47,13 @@ Degradations that know their end state (``gaussian``, ``fade``) give x_T and its
 """
 from __future__ import annotations
 
-import json
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..processes.cold import Degradation, State
+from .degradations import Degradation, State
+from .prior import GaussianMixturePrior
 
 Restorer = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None]
@@ -87,7 +86,7 @@ def _state(degradation: Degradation, x: Tensor, state: State) -> State:
     return state
 
 
-def _report(callback: Callback | None, i: int, s: int, degradation: Degradation, x: Tensor,
+def report(callback: Callback | None, i: int, s: int, degradation: Degradation, x: Tensor,
             x0_hat: Tensor) -> None:
     if callback is not None:
         callback({"i": i, "t": s / degradation.num_steps, "step": s, "x": x, "x0_hat": x0_hat})
@@ -105,7 +104,7 @@ def naive(restore: Restorer, degradation: Degradation, x: Tensor, t_start: int |
     state = _state(degradation, x, state)
     for i, (s, nxt) in enumerate(zip(sev, sev[1:])):
         x0_hat = restore(x, _full(s, x))
-        _report(callback, i, s, degradation, x, x0_hat)
+        report(callback, i, s, degradation, x, x0_hat)
         x = degradation(x0_hat, nxt, state=state)
     return x
 
@@ -119,7 +118,7 @@ def improved(restore: Restorer, degradation: Degradation, x: Tensor, t_start: in
     state = _state(degradation, x, state)
     for i, (s, nxt) in enumerate(zip(sev, sev[1:])):
         x0_hat = restore(x, _full(s, x))
-        _report(callback, i, s, degradation, x, x0_hat)
+        report(callback, i, s, degradation, x, x0_hat)
         x = x - degradation(x0_hat, s, state=state) + degradation(x0_hat, nxt, state=state)
     return x
 
@@ -130,7 +129,7 @@ def direct(restore: Restorer, degradation: Degradation, x: Tensor, t_start: int 
     ``state`` are accepted for a uniform signature and not used."""
     t = severity_schedule(degradation, t_start, severities)[0]
     x0_hat = restore(x, _full(t, x))
-    _report(callback, 0, t, degradation, x, x0_hat)
+    report(callback, 0, t, degradation, x, x0_hat)
     return x0_hat
 
 
@@ -146,78 +145,6 @@ def cold_sample(restore: Restorer, degradation: Degradation, x: Tensor, *, algor
 
 
 # --- generation ----------------------------------------------------------------------------------
-
-
-class GaussianMixturePrior:
-    """A Gaussian mixture over the features of fully degraded images, kept as plain arrays.
-
-    ``fit`` runs scikit-learn's ``GaussianMixture`` (full covariances) on
-    ``degradation.summarize(D(x0, T))``; ``sample`` draws with a torch generator (component by its
-    weight, then ``mean + L eps`` with L the Cholesky factor) and maps the features back to images
-    with ``degradation.expand``. ``to_dict`` / ``from_dict`` (and ``to_json``) hold weights, means and
-    covariances as lists: no pickle.
-    """
-
-    def __init__(self, weights, means, covariances, shape: tuple[int, ...], degradation: dict | None = None):
-        self.weights = np.asarray(weights, dtype=np.float64)
-        self.means = np.asarray(means, dtype=np.float64)
-        self.covariances = np.asarray(covariances, dtype=np.float64)
-        self.shape = tuple(int(s) for s in shape)
-        self.degradation = degradation
-        k, d = self.means.shape
-        if self.weights.shape != (k,) or self.covariances.shape != (k, d, d):
-            raise ValueError(f"mixture arrays disagree: weights {self.weights.shape}, means "
-                             f"{self.means.shape}, covariances {self.covariances.shape}")
-
-    @classmethod
-    def fit(cls, degradation: Degradation, x0: Tensor, *, n_components: int = 1, seed: int = 0,
-            batch_size: int = 512, reg_covar: float = 1e-6, generator: torch.Generator | None = None
-            ) -> GaussianMixturePrior:
-        """Fit to the fully degraded images of ``x0`` (N, C, H, W). ``n_components``: the paper's
-        deblurring generation fits a simple mixture to the channel means; 1 is the default here.
-        ``generator`` draws the degradation's state for random degradations."""
-        from sklearn.mixture import GaussianMixture
-
-        feats = []
-        with torch.no_grad():
-            for chunk in x0.split(batch_size):
-                x_T = degradation(chunk, degradation.num_steps, generator=generator)
-                feats.append(degradation.summarize(x_T).double().cpu())
-        z = torch.cat(feats).numpy()
-        gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=reg_covar,
-                              random_state=seed).fit(z)
-        return cls(gmm.weights_, gmm.means_, gmm.covariances_, tuple(x0.shape[1:]), degradation.config())
-
-    def sample(self, n: int, degradation: Degradation, generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-        """``n`` fully degraded images (n, C, H, W) drawn from the mixture (from ``generator``;
-        a fresh one seeded with 0 when None, never the global RNG)."""
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        gen_dev = generator.device
-        w = torch.as_tensor(self.weights, dtype=torch.float64, device=gen_dev)
-        comp = torch.multinomial(w, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator, device=gen_dev, dtype=torch.float64)
-        chol = torch.linalg.cholesky(torch.as_tensor(self.covariances, device=gen_dev))
-        mu = torch.as_tensor(self.means, device=gen_dev)
-        z = mu[comp] + torch.einsum("nij,nj->ni", chol[comp], eps)
-        return degradation.expand(z, self.shape).to(device=device, dtype=dtype)
-
-    def to_dict(self) -> dict:
-        return {"weights": self.weights.tolist(), "means": self.means.tolist(),
-                "covariances": self.covariances.tolist(), "shape": list(self.shape),
-                "degradation": self.degradation}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GaussianMixturePrior:
-        return cls(d["weights"], d["means"], d["covariances"], tuple(d["shape"]), d.get("degradation"))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> GaussianMixturePrior:
-        return cls.from_dict(json.loads(text))
 
 
 def generate(restore: Restorer, degradation: Degradation, n: int, *,
@@ -258,4 +185,4 @@ def generate(restore: Restorer, degradation: Degradation, n: int, *,
 
 
 __all__ = ["naive", "improved", "direct", "cold_sample", "COLD_SAMPLERS", "severity_schedule",
-           "GaussianMixturePrior", "generate", "GENERATION_NOISE"]
+           "generate", "GENERATION_NOISE"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .data import TensorData
+from ..data import TensorData
 
 __all__ = ["CaptionEmbedder", "caption_embedder", "drop_captions", "preview_prompts", "prompt_grid",
            "write_text_samples", "PREVIEW_PROMPTS"]
@@ -36,14 +36,14 @@ class CaptionEmbedder:
     items ``idx``, with the empty caption where ``drop`` is True."""
 
     def __init__(self, encoder, captions: list[str], cache_dir: str | Path | None = None) -> None:
-        from .text import NULL_CAPTION, warm_caption_cache
+        from .encoders import NULL_CAPTION, warm_caption_cache
 
         self.encoder, self.captions, self.null_caption = encoder, captions, NULL_CAPTION
         # Once, up front: each unique caption (and the null one) is embedded or read from the cache.
         self.num_unique = warm_caption_cache(encoder, [*captions, NULL_CAPTION], cache_dir)
 
     def embed(self, idx: Tensor, drop: Tensor):
-        from .text import encode_captions
+        from .encoders import encode_captions
 
         chosen = [self.null_caption if d else self.captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
         return encode_captions(self.encoder, chosen)  # memory-cache hits after warm-up
@@ -63,7 +63,7 @@ def drop_captions(gen: torch.Generator, b: int, p: float) -> Tensor:
 def caption_embedder(cfg, data: TensorData, encoder=None) -> CaptionEmbedder:
     """Check that a text run can train on ``data`` and embed its captions (``encoder``: an encoder
     object to use instead of ``get_encoder(cfg.text_encoder)``, e.g. in tests)."""
-    from .text import get_encoder, text_cache_dir
+    from .encoders import get_encoder, text_cache_dir
 
     if data.x.ndim != 4:
         raise ValueError(f"--text conditions an image U-Net, but {data.name} holds {data.x.shape[1]}-D points; "
@@ -86,13 +86,13 @@ def preview_prompts(data: TensorData, k: int = PREVIEW_PROMPTS, seed: int = 0) -
     evaluation prompts (shapes: half of them on colour x shape pairs held out of training, last;
     mnist: digits 0, 1, ... with a stated stroke), else ``k`` distinct captions in a seeded order."""
     if data.name == "shapes":
-        from .data import shapes_prompts
+        from ..data import shapes_prompts
 
         held = k // 2
         return [p.text for p in shapes_prompts("seen", k - held, seed)] + \
                [p.text for p in shapes_prompts("heldout", held, seed)]
     if data.name == "mnist":
-        from .data import mnist_prompts
+        from ..data import mnist_prompts
 
         return [p.text for p in mnist_prompts(k, seed)]
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -102,7 +102,7 @@ def preview_prompts(data: TensorData, k: int = PREVIEW_PROMPTS, seed: int = 0) -
 def prompt_grid(pipe, prompts: list[str], per_prompt: int, path: str | Path, **options) -> Path:
     """Prompts (rows) x seeds (columns): each row is drawn with the same seed, so column j starts
     from the same noise in every row and the rows differ only by their prompt."""
-    from .viz import save_labelled_grid
+    from ..viz import save_labelled_grid
 
     rows = [pipe.sample(per_prompt, prompts=p, **options) for p in prompts]
     return save_labelled_grid(rows, path, row_labels=prompts)

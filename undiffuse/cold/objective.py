@@ -34,18 +34,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .data import TensorData
-from .nets import build_net
-from .processes.cold import ColdRestorer, Degradation, make_degradation
-from .samplers.cold import GaussianMixturePrior
-
-PRIOR_FILE = "cold_prior.json"
-#: The most features (``degradation.summarize`` of one image) a generation prior is fitted to.
-MAX_PRIOR_FEATURES = 1024
-#: The most training images the prior is fitted to (a seeded random subset beyond that).
-MAX_PRIOR_IMAGES = 10_000
-
+from ..checkpoint import atomic_write_text
+from ..data import TensorData
+from ..nets import build_net
+from .degradations import make_degradation
+from .restorer import ColdRestorer
 
 def build_restorer(cfg, data: TensorData) -> ColdRestorer:
     """The configured network sized to the images (``checks.check_data_fits`` has refused points),
@@ -65,59 +58,6 @@ def restorer_config(restorer: ColdRestorer) -> dict:
             "standardize_input": bool(restorer.standardize)}
 
 
-def has_own_prior(degradation: Degradation, shape: tuple[int, ...]) -> bool:
-    """Whether the degradation draws fully degraded images itself (gaussian, fade)."""
-    return degradation.prior((1, *shape)) is not None
-
-
-def fit_prior(degradation: Degradation, x: torch.Tensor, seed: int = 0) -> GaussianMixturePrior | None:
-    """A one-component Gaussian mixture over the fully degraded ``x`` (see the module docstring);
-    None when the degradation has its own prior or the features are too many."""
-    if has_own_prior(degradation, tuple(x.shape[1:])):
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    if len(x) > MAX_PRIOR_IMAGES:
-        x = x[torch.randperm(len(x), generator=gen)[:MAX_PRIOR_IMAGES]]
-    with torch.no_grad():
-        d = degradation.summarize(degradation(x[:1], degradation.num_steps, generator=gen)).shape[1]
-    if d > MAX_PRIOR_FEATURES:
-        warnings.warn(f"{degradation.name}: the fully degraded images have {d} features, more than the "
-                      f"{MAX_PRIOR_FEATURES} a generation prior is fitted to; this run restores images "
-                      "but does not generate them", stacklevel=2)
-        return None
-    return GaussianMixturePrior.fit(degradation, x, n_components=1, seed=seed,
-                                    generator=torch.Generator().manual_seed(seed))
-
-
-def write_prior(run_dir: Path, prior: GaussianMixturePrior) -> Path:
-    path = Path(run_dir) / PRIOR_FILE
-    atomic_write_text(path, prior.to_json())
-    return path
-
-
-def read_prior(run_dir: Path) -> GaussianMixturePrior | None:
-    """The run's generation prior, or None when it has none."""
-    path = Path(run_dir) / PRIOR_FILE
-    if not path.is_file():
-        return None
-    try:
-        return GaussianMixturePrior.from_json(path.read_text())
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{path} is corrupt ({e}); delete it and resume training to refit it") from None
-
-
-def prepare_prior(run_dir: Path, degradation: Degradation, x: torch.Tensor,
-                  seed: int = 0) -> GaussianMixturePrior | None:
-    """Fit the prior (deterministic: the same data and seed give the same prior, also on resume)
-    and write it; remove a stale one when this run has none."""
-    prior = fit_prior(degradation, x, seed)
-    if prior is not None:
-        write_prior(run_dir, prior)
-    else:
-        (Path(run_dir) / PRIOR_FILE).unlink(missing_ok=True)
-    return prior
-
-
 def strip_images(data: TensorData, k: int = 8, seed: int = 0) -> torch.Tensor:
     """``k`` training images, the same at every grid (a seeded choice)."""
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:k]
@@ -126,7 +66,7 @@ def strip_images(data: TensorData, k: int = 8, seed: int = 0) -> torch.Tensor:
 
 def write_cold_samples(trainer, tag: str) -> Path:
     """The grids of a cold run (see the module docstring); returns the main picture."""
-    from .viz import save_grid
+    from ..viz import save_grid
 
     cfg, pipe = trainer.cfg, trainer.pipeline()
     folder = trainer.run_dir / "samples"

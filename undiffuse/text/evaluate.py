@@ -23,11 +23,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import distributed
-from .data.mnist_captions import mnist_prompts
-from .data.shapes import shapes_prompts
-from .metrics.adherence import get_judge
-from .metrics.fid import fid_from_features
+from .. import distributed
+from ..data.mnist_captions import mnist_prompts
+from ..data.shapes import shapes_prompts
+from ..metrics.adherence import get_judge
+from ..metrics.fid import fid_from_features
 
 __all__ = ["default_prompts", "evaluate_text_model", "sample_prompts", "format_text_table", "TEXT_DATASETS"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .base import ColdRestorer, Degradation, State, cold_loss
+from .base import Degradation, State
 from .blur import Blur
 from .desaturate import Desaturate
 from .fade import Fade
@@ -94,6 +94,18 @@ def make_degradation(spec: str | dict | Degradation) -> Degradation:
     return cls(**kwargs)
 
 
-__all__ = ["Degradation", "State", "ColdRestorer", "cold_loss", "Blur", "Mask", "Pixelate",
+def is_cold(spec) -> bool:
+    """Whether ``spec`` (a spec string such as "blur:T=20", a config dict or a process object)
+    names a cold degradation rather than a Gaussian process."""
+    if isinstance(spec, Degradation):
+        return True
+    if isinstance(spec, dict):
+        return spec.get("type") in DEGRADATIONS
+    if isinstance(spec, str):
+        return spec.split(":", 1)[0].strip() in DEGRADATIONS
+    return False
+
+
+__all__ = ["Degradation", "State", "is_cold", "Blur", "Mask", "Pixelate",
            "Desaturate", "Snow", "Fade", "GaussianNoise", "DEGRADATIONS", "make_degradation",
            "degradation_from_config"]

@@ -6,7 +6,7 @@
     x_t = pipe.degrade(clean, t=10)                                 # D(x0, 10)
     restored = pipe.restore(x_t, t=10, algorithm="improved")        # back to x0
 
-Samplers (``undiffuse.samplers.cold``): "naive" (Algorithm 1), "improved" (Algorithm 2, the default)
+Samplers (``undiffuse.cold.samplers``): "naive" (Algorithm 1), "improved" (Algorithm 2, the default)
 and "direct" (one-shot ``R(x_t, t)``); the Gaussian samplers (ddim, ...) do not apply, nor do they
 take a cold sampler. ``steps`` is the number of restoration steps: that many evenly spaced
 severities from t down to 0 (default, or any number >= t: every severity, as the paper).
@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checks import check_guidance, check_sample_settings
-from .pipeline import Pipeline, SampleResult
-from .processes.cold import ColdRestorer, State, degradation_from_config
-from .run_files import build_run_net, config_errors, load_checked
-from .samplers import SAMPLERS
-from .samplers.cold import COLD_SAMPLERS, GENERATION_NOISE, cold_sample, generate
-from .train_cold import has_own_prior, read_prior
+from ..checks import check_guidance, check_sample_settings
+from ..pipeline import Pipeline, SampleResult
+from .degradations import State, degradation_from_config
+from .restorer import ColdRestorer
+from ..run_files import build_run_net, config_errors, load_checked
+from ..samplers import SAMPLERS
+from .samplers import COLD_SAMPLERS, GENERATION_NOISE, cold_sample, generate
+from .prior import has_own_prior, read_prior
 
 SAMPLE_OPTIONS = ("noise_std", "remove_noise")
 
@@ -177,7 +178,7 @@ class ColdPipeline(Pipeline):
                           steps: int | None = None) -> Path:
         """A restoration strip: rows x0, D(x0, t), Algorithm 1, Algorithm 2, direct (null class for
         conditional models; random degradations draw their state from ``seed``)."""
-        from .viz import save_labelled_grid
+        from ..viz import save_labelled_grid
 
         t = self.degradation.num_steps if t is None else int(t)
         state = self.degradation.sample_state(images.shape, torch.Generator().manual_seed(seed))

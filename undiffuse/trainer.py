@@ -24,10 +24,10 @@ Network dropout is the exception: each process drops units of its own share with
 A cold process (``--process blur``, ...; Bansal et al. 2022) trains a restorer ``R(x_t, t) -> x0``
 through this same loop: the generator then draws the label dropout, the severities t and the
 degradation's state (mask centres, snow, ...) of the whole global batch, in that order, and the
-loss is ``cold_loss``; ``undiffuse.train_cold`` holds the rest (its prior, its grids).
+loss is ``cold_loss``; ``undiffuse.cold.objective`` holds the rest (its prior, its grids).
 
 A text run (``--text``) draws the caption dropout where a class-conditional run draws the label
-dropout; ``undiffuse.train_text`` holds the rest (the caption embeddings, its grids).
+dropout; ``undiffuse.text.objective`` holds the rest (the caption embeddings, its grids).
 """
 from __future__ import annotations
 
@@ -50,12 +50,13 @@ from .config import TrainConfig
 from .data import TensorData, load_dataset
 from .losses import diffusion_loss
 from .nets import net_config
-from .processes.cold import cold_loss
+from .cold import cold_loss
 from .rundir import RESUMABLE_CHANGES, append_log, check_resumable, check_run_dir, clear_run  # noqa: F401
 from .run_files import load_checked, read_training_state, restore_optimizer
-from .train_cold import build_restorer, prepare_prior, restorer_config, write_cold_samples
+from .cold.objective import build_restorer, restorer_config, write_cold_samples
+from .cold.prior import prepare_prior
 from .train_parts import _rank_seed, batch_indices, build_denoiser, ema_update, lr_at  # noqa: F401 (re-exported)
-from .train_text import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
+from .text.objective import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
 
 
 class NonFiniteLossError(RuntimeError):
@@ -357,7 +358,7 @@ class Trainer:
         ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
         args = (ema, tuple(self.data.x.shape[1:]), self.num_classes, self.data.class_names, self.run_dir)
         if self.cold:
-            from .cold_pipeline import ColdPipeline
+            from .cold.pipeline import ColdPipeline
 
             return ColdPipeline(*args, prior=self.prior)
         if self.text is not None:
