@@ -227,7 +227,7 @@ def generate(out: Path, n: int = 600) -> list[dict]:
     }
     if (ROOT / "ddpm" / "checkpoints").is_dir():  # the same net and budget, Gaussian
         settings["DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)"] = (load(ROOT / "ddpm"),
-                                                                     dict(sampler="dpmpp_2m_sde", steps=20))
+                                                                     dict(sampler="dpmpp_2m_sde", num_inference_steps=20))
     rows, pictures = [], []
     for label, (pipe, kw) in settings.items():
         x = _sample(pipe, n, **kw).clamp(-1, 1)

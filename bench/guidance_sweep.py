@@ -49,7 +49,7 @@ def run(args, results: list[dict], out: Path) -> None:
         if (kind, scale) in done:
             continue
         t0 = time.perf_counter()
-        x = torch.cat([pipe.sample(len(lab), sampler=args.sampler, steps=args.steps, seed=args.seed + i,
+        x = torch.cat([pipe.sample(len(lab), sampler=args.sampler, num_inference_steps=args.steps, seed=args.seed + i,
                                    class_labels=lab, bf16=True, **kw)
                        for i, lab in ((i, labels[i:i + 250]) for i in range(0, args.n, 250))])
         q = sample_quality(x, labels, "mnist", args.n, seed=args.seed)

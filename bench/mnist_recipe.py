@@ -42,7 +42,7 @@ CANDIDATES = {
 def evaluate(pipe, feat_net, real_feats, n: int, guidance: float, steps: int) -> dict:
     labels = torch.arange(n) % 10
     t0 = time.perf_counter()
-    x = pipe.sample(n, sampler="ddim", steps=steps, seed=1, class_labels=labels, guidance=guidance,
+    x = pipe.sample(n, sampler="ddim", num_inference_steps=steps, seed=1, class_labels=labels, guidance=guidance,
                     bf16=True)
     dt = time.perf_counter() - t0
     acc = (predict_labels(feat_net, x) == labels).float().mean().item()

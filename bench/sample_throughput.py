@@ -68,7 +68,7 @@ def undiffuse_case(model: str, mode: str, n: int, steps: int, device: torch.devi
     labels = torch.arange(n) % 10
 
     def sample():
-        return pipe.sample(n, sampler="ddim", steps=steps, class_labels=labels, guidance=GUIDANCE,
+        return pipe.sample(n, sampler="ddim", num_inference_steps=steps, class_labels=labels, guidance=GUIDANCE,
                            bf16="bf16" in mode, compile="+compile" in mode)
     return sample, net
 

@@ -58,7 +58,7 @@ def ours(pipe, name: str, spacing: str, nfe: int, n: int, labels, args) -> tuple
     if used > nfe or used < 0.8 * nfe:
         return None
     options = {"lower_order_final": False} if args.no_lower_order_final and name.startswith("dpmpp") else {}
-    out = [pipe.sample(len(lab), sampler=name, steps=steps, spacing=spacing, seed=args.seed + i,
+    out = [pipe.sample(len(lab), sampler=name, num_inference_steps=steps, spacing=spacing, seed=args.seed + i,
                        class_labels=lab, guidance=args.guidance, bf16=True, **options)
            for i, lab in _batches(labels, args.batch)]
     return torch.cat(out), used

@@ -146,14 +146,15 @@ class OraclePipe:
     """Stands in for a text Pipeline: renders exactly what each shapes prompt states (guidance >= 1), or
     the picture of another prompt (guidance < 1), so adherence must be ~1 and ~0 respectively."""
 
-    is_text = True
+    takes_prompts = True
     shape = (3, 32, 32)
 
     def __init__(self, prompts):
         self.by_text = {p.text: p for split in prompts.values() for p in split}
         self.calls = []
 
-    def sample(self, n, *, prompts, guidance, sampler, steps, seed, **options):
+    def sample(self, n, spec):
+        prompts, guidance, seed = spec.prompts, spec.guidance, spec.seed
         self.calls.append((n, guidance, seed))
         chosen = [self.by_text[t] for t in prompts]
         if guidance < 1:  # half a batch away: a prompt's repeats sit next to each other
@@ -170,7 +171,7 @@ def test_evaluate_text_model_with_an_oracle_pipeline(judge):
     prompts = {"seen": shapes_prompts("seen", 12, seed=0), "heldout": shapes_prompts("heldout", 12, seed=0)}
     pipe = OraclePipe(prompts)
     result = evaluate_text_model(pipe, prompts, guidance_scales=[0.0, 2.0], n_per_prompt=3, dataset="shapes",
-                                 judge=judge, steps=5, batch=20)
+                                 judge=judge, num_inference_steps=5, batch=20)
     assert set(result["scales"]) == {"0", "2"}
     good, bad = result["scales"]["2"], result["scales"]["0"]
     assert good["seen"]["adherence"] > 0.8 and good["heldout"]["adherence"] > 0.8
@@ -187,7 +188,7 @@ def test_evaluate_text_model_with_an_oracle_pipeline(judge):
 
 def test_evaluate_text_model_refuses_class_models():
     class ClassPipe:
-        is_text = False
+        takes_prompts = False
 
     with pytest.raises(ValueError, match="trained with --text"):
         evaluate_text_model(ClassPipe(), dataset="shapes")

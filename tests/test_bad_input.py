@@ -54,7 +54,7 @@ def _edit_json(path: Path, edit) -> None:
 
 
 def _sample(run: Path, tmp_path: Path, *args: str) -> int:
-    return main(["sample", "--run", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.png"), *args])
+    return main(["sample", "--run", str(run), "--n", "2", "--num-inference-steps", "2", "--out", str(tmp_path / "x.png"), *args])
 
 
 def _resume(run: Path) -> int:
@@ -121,7 +121,7 @@ def test_train_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 
 def test_sample_out_that_is_a_folder_is_refused(run, tmp_path, capsys):
-    code = main(["sample", "--run", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path)])
+    code = main(["sample", "--run", str(run), "--n", "2", "--num-inference-steps", "2", "--out", str(tmp_path)])
     assert_clean_error(code, capsys.readouterr().err, f"--out {tmp_path} is a folder", "samples.png")
 
 
@@ -163,7 +163,7 @@ def test_bad_sample_settings_are_refused(run, tmp_path, capsys, flags, needles):
     (["--nll-steps", "0"], ["--nll-steps must be >= 1"]),
 ])
 def test_bad_eval_settings_are_refused(run, capsys, flags, needles):
-    code = main(["eval", "--run", str(run), "--steps", "2", *flags])
+    code = main(["eval", "--run", str(run), "--num-inference-steps", "2", *flags])
     assert_clean_error(code, capsys.readouterr().err, *needles)
     assert not (run / "eval.json").exists()
 
@@ -171,9 +171,9 @@ def test_bad_eval_settings_are_refused(run, capsys, flags, needles):
 def test_pipeline_sample_checks_its_settings(run):
     pipe = undiffuse.load(run)
     with pytest.raises(ValueError, match="n must be >= 1, got -1"):
-        pipe.sample(-1, steps=2)
+        pipe.sample(-1, num_inference_steps=2)
     with pytest.raises(ValueError, match="guidance must be a finite number"):
-        pipe.sample(2, steps=2, class_labels=1, guidance=float("nan"))
+        pipe.sample(2, num_inference_steps=2, class_labels=1, guidance=float("nan"))
 
 
 # --- non-finite samples are never written ------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_sample_refuses_nan_weights_and_writes_nothing(run, tmp_path, capsys):
 def test_eval_refuses_nan_weights(run, tmp_path, capsys):
     copy = _copy(run, tmp_path)
     _poison(copy / CKPT / "ema.safetensors")
-    code = main(["eval", "--run", str(copy), "--n", "10", "--steps", "2", "--nll-images", "0"])
+    code = main(["eval", "--run", str(copy), "--n", "10", "--num-inference-steps", "2", "--nll-images", "0"])
     assert_clean_error(code, capsys.readouterr().err, "non-finite values", "contain NaN")
     assert not (copy / "eval.json").exists()
 
@@ -219,7 +219,7 @@ def test_diverging_settings_with_finite_weights_are_named(run):
         for p in pipe.denoiser.parameters():
             p.mul_(1e30)  # finite, but the samples overflow
     with pytest.raises(ValueError, match="weights are finite, so the sampling settings diverge"):
-        pipe.sample(2, steps=2, class_labels=1, guidance=MAX_GUIDANCE)
+        pipe.sample(2, num_inference_steps=2, class_labels=1, guidance=MAX_GUIDANCE)
 
 
 # --- data that does not fit the run ------------------------------------------------------------------------
@@ -380,5 +380,5 @@ def test_rng_file_with_missing_keys_is_named(run, tmp_path, capsys, key):
 def test_eval_reads_a_checked_config(run, tmp_path, capsys):
     copy = _copy(run, tmp_path)
     _edit_json(copy / "config.json", _delete("train"))
-    code = main(["eval", "--run", str(copy), "--n", "10", "--steps", "2"])
+    code = main(["eval", "--run", str(copy), "--n", "10", "--num-inference-steps", "2"])
     assert_clean_error(code, capsys.readouterr().err, "lacks the entry 'train'")

@@ -81,8 +81,8 @@ def test_load_gives_the_trainers_ema_samples(trained_run):
     assert pipe.shape == (1, 8, 8) and pipe.num_classes == 10 and pipe.class_names == list("0123456789")
     labels = [0, 3, 7, 10, 9, 1]  # 10 is the null class
     for sampler in ("ddim", "ddpm"):
-        direct = trainer.pipeline().sample(6, sampler=sampler, steps=5, seed=11, class_labels=labels)
-        loaded = pipe.sample(6, sampler=sampler, steps=5, seed=11, class_labels=labels)
+        direct = trainer.pipeline().sample(6, sampler=sampler, num_inference_steps=5, seed=11, class_labels=labels)
+        loaded = pipe.sample(6, sampler=sampler, num_inference_steps=5, seed=11, class_labels=labels)
         assert torch.equal(direct, loaded), sampler
     assert_state_equal(pipe.denoiser.state_dict(), trainer.ema.state_dict())
     model = undiffuse.load(trainer.run_dir, weights="model")
@@ -226,7 +226,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(resumed_copy, monkeypa
     trainer = resumed_copy
     run, root = trainer.run_dir, trainer.run_dir / "checkpoints"
     before = files_digest(root / "step-00000008")
-    expected = undiffuse.load(run).sample(4, steps=3, seed=5, class_labels=[1, 2, 3, 4])
+    expected = undiffuse.load(run).sample(4, num_inference_steps=3, seed=5, class_labels=[1, 2, 3, 4])
     trainer.train_step()
 
     if fail_at == "second weights file":
@@ -255,7 +255,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(resumed_copy, monkeypa
     assert files_digest(root / "step-00000008") == before
     if fail_at == "second weights file":
         assert not (root / "step-00000009").exists()
-    loaded = undiffuse.load(run).sample(4, steps=3, seed=5, class_labels=[1, 2, 3, 4])
+    loaded = undiffuse.load(run).sample(4, num_inference_steps=3, seed=5, class_labels=[1, 2, 3, 4])
     assert torch.equal(loaded, expected)
     # Once the disk is fine again, saving works and moves the pointer.
     monkeypatch.undo()
@@ -323,7 +323,7 @@ def test_nan_loss_raises_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert latest_checkpoint(tmp_path).name == "step-00000004"
     pipe = undiffuse.load(tmp_path)
     assert_state_equal(pipe.denoiser.state_dict(), trainer.ema.state_dict())
-    assert torch.isfinite(pipe.sample(4, steps=3, class_labels=[0, 1, 2, 3])).all()
+    assert torch.isfinite(pipe.sample(4, num_inference_steps=3, class_labels=[0, 1, 2, 3])).all()
 
 
 def test_huge_learning_rate_is_caught_as_non_finite_loss(tmp_path):

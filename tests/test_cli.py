@@ -55,7 +55,7 @@ def cli_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("command, flags", [
     ("train", ["--preset", "--resume", "--data", "--net", "--steps", "--batch-size", "--lr", "--out",
                "--seed", "--sampler", "--bf16", "--no-bf16", "--max-minutes", "--guidance"]),
-    ("sample", ["--run", "--sampler", "--steps", "--n", "--seed", "--class", "--out", "--trajectory",
+    ("sample", ["--run", "--sampler", "--num-inference-steps", "--n", "--seed", "--class", "--out", "--trajectory",
                 "--eta", "--guidance", "--spacing"]),
 ])
 def test_help_lists_the_key_flags(tmp_path, command, flags):
@@ -87,7 +87,7 @@ def test_train_writes_a_complete_run_directory(cli_run):
 
 
 def test_sample_writes_a_grid_and_a_trajectory(cli_run, tmp_path):
-    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--out", "grid.png",
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "3", "--out", "grid.png",
                      "--trajectory", "traj.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "4 samples" in result.stdout and "grid.png" in result.stdout and "traj.png" in result.stdout
@@ -113,7 +113,7 @@ def png_pixels(path: Path) -> np.ndarray:
 
 
 def test_sample_with_ddpm_and_a_class(class_run, tmp_path):
-    result = run_cli("sample", "--run", str(class_run), "--n", "4", "--steps", "3", "--sampler", "ddpm",
+    result = run_cli("sample", "--run", str(class_run), "--n", "4", "--num-inference-steps", "3", "--sampler", "ddpm",
                      "--class", "3", "--seed", "5", "--out", "three.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     got = png_pixels(tmp_path / "three.png")
@@ -121,7 +121,7 @@ def test_sample_with_ddpm_and_a_class(class_run, tmp_path):
 
     def reference(label: int) -> np.ndarray:
         """Pipeline.sample with the CLI's settings, written by the CLI's own grid code (same quantisation)."""
-        x = pipe.sample(4, sampler="ddpm", steps=3, seed=5, class_labels=label)
+        x = pipe.sample(4, sampler="ddpm", num_inference_steps=3, seed=5, class_labels=label)
         return png_pixels(save_grid(x, tmp_path / f"class-{label}.png"))
 
     # The same call at the same shapes, but in another process (perhaps with another thread count): a value
@@ -135,11 +135,11 @@ def test_sample_with_ddpm_and_a_class(class_run, tmp_path):
 
 
 def test_unknown_sampler_is_a_clear_error(cli_run, tmp_path):
-    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--sampler", "eulerr",
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "3", "--sampler", "eulerr",
                      "--out", "x.png", cwd=tmp_path)
     assert_clean_error(result.returncode, result.stderr, "unknown sampler 'eulerr'", "ddim", "dpmpp_2m")
     assert not (tmp_path / "x.png").exists()
-    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "3", "--sampler", "heun",
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "3", "--sampler", "heun",
                      "--option", "snr=0.1", "--out", "x.png", cwd=tmp_path)
     assert_clean_error(result.returncode, result.stderr, "heun has no option snr", "s_churn")
 
@@ -152,7 +152,7 @@ def test_samplers_listing_and_every_sampler_from_the_cli(cli_run, tmp_path):
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
     assert set(rows) == set(SAMPLERS)
     assert "2 N - 1" in rows["heun"] and "Algorithm 1" in rows["heun"] and " 3 " in rows["dpmpp_3m"]
-    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--steps", "4", "--sampler", "heun_sde",
+    result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "4", "--sampler", "heun_sde",
                      "--schedule", "logsnr", "--option", "s_churn=10", "--out", "h.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / "h.png")
@@ -212,7 +212,7 @@ def test_diverging_training_is_a_clear_error(tmp_path, capsys):
     (["--spacing", "cubic"], ["unknown spacing 'cubic'"]),
 ])
 def test_bad_sample_options_give_clear_errors(cli_run, tmp_path, capsys, args, needles):
-    code = main(["sample", "--run", str(cli_run), "--n", "4", "--steps", "3", *args,
+    code = main(["sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "3", *args,
                  "--out", str(tmp_path / "x.png")])
     assert_clean_error(code, capsys.readouterr().err, *needles)
 
@@ -244,8 +244,8 @@ def test_toy2d_train_and_sample_draw_scatter_plots(tmp_path, capsys):
     assert_png(run / "samples" / "final.png")
     assert_png(run / "samples" / "loss.png")
     assert not (run / "samples" / "trajectory.png").exists()
-    assert main(["sample", "--run", str(run), "--n", "50", "--steps", "3", "--out", str(tmp_path / "pts.png")]) == 0
+    assert main(["sample", "--run", str(run), "--n", "50", "--num-inference-steps", "3", "--out", str(tmp_path / "pts.png")]) == 0
     assert_png(tmp_path / "pts.png")
-    code = main(["sample", "--run", str(run), "--n", "50", "--steps", "3", "--out", str(tmp_path / "p.png"),
+    code = main(["sample", "--run", str(run), "--n", "50", "--num-inference-steps", "3", "--out", str(tmp_path / "p.png"),
                  "--trajectory", str(tmp_path / "t.png")])
     assert_clean_error(code, capsys.readouterr().err, "--trajectory", "2-D points")

@@ -95,7 +95,7 @@ def test_load_gives_a_cold_pipeline_that_samples_and_restores(cold_runs, digits)
     assert a.shape == (6, 1, 8, 8) and a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.equal(a, pipe.sample(6, seed=3, class_labels=[0, 1, 2, 3, 4, 10], guidance=2.0))
     assert not torch.equal(a, pipe.sample(6, seed=4, class_labels=[0, 1, 2, 3, 4, 10], guidance=2.0))
-    res = pipe.sample(2, sampler="naive", steps=2, trajectory=True)
+    res = pipe.sample(2, sampler="naive", num_inference_steps=2, trajectory=True)
     assert isinstance(res, SampleResult) and len(res.xs) == len(res.x0_hats) == len(res.ts) == 2
     assert res.ts == [1.0, 0.4]  # severities 5, 2 (then 0), reported as t / T like the Gaussian samplers
     x0 = digits.x[:5]
@@ -122,7 +122,7 @@ def test_cli_trains_and_samples_every_other_degradation(tmp_path, capsys, digits
     channels = 3 if extra else 1
     x0 = digits.x[:3].expand(-1, channels, -1, -1)
     x_t = pipe.degrade(x0, generator=torch.Generator().manual_seed(0))
-    assert pipe.restore(x_t, algorithm="direct").shape == (3, channels, 8, 8)
+    assert pipe.restore(x_t, sampler="direct").shape == (3, channels, 8, 8)
 
 
 # --- undiffuse degrade ---------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_two_processes_equal_one_and_resume_in_one(runs):
     # The checkpoint holds the plain module's weights and loads in a single process.
     pipe = undiffuse.load(two)
     assert not any(k.startswith("module.") for k in pipe.denoiser.state_dict())
-    assert torch.isfinite(pipe.sample(2, steps=2, class_labels=[0, 1])).all()
+    assert torch.isfinite(pipe.sample(2, num_inference_steps=2, class_labels=[0, 1])).all()
 
     # 2 -> 1: three more steps in one process end where the uninterrupted run ends.
     result = train(1, two, "--steps", "6", "--resume")

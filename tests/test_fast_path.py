@@ -115,7 +115,7 @@ def test_fp32_and_bf16_losses_and_gradients_agree():
 
 def test_fp32_and_bf16_samples_agree():
     pipe = Pipeline(small_denoiser(), (1, 16, 16), num_classes=10)
-    kw = dict(sampler="ddim", steps=8, class_labels=[3, 7, 1, 0], guidance=2.0, seed=0)
+    kw = dict(sampler="ddim", num_inference_steps=8, class_labels=[3, 7, 1, 0], guidance=2.0, seed=0)
     x32 = pipe.sample(4, **kw)
     x16 = pipe.sample(4, bf16=True, **kw)  # bf16 autocast over a bf16 copy of the weights
     assert x16.dtype == torch.float32 and not x16.is_inference()
@@ -126,7 +126,7 @@ def test_fp32_and_bf16_samples_agree():
 
 
 def test_bf16_copy_of_a_text_net_runs_and_keeps_layernorms_float32():
-    from undiffuse.pipeline import bf16_inference_copy
+    from undiffuse.compiling import bf16_inference_copy
     from undiffuse.text.encoders import TextEmbedding
 
     net = unzeroed(build_net("tiny", context_dim=16)).eval()
@@ -231,9 +231,9 @@ def test_sampling_compile_failure_warns_and_samples(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fails_when_called)
     pipe = Pipeline(small_denoiser(), (1, 16, 16), num_classes=10)
-    eager = pipe.sample(2, steps=3, class_labels=[1, 2], guidance=2.0)
+    eager = pipe.sample(2, num_inference_steps=3, class_labels=[1, 2], guidance=2.0)
     with pytest.warns(RuntimeWarning, match="sampling eagerly"):
-        x = pipe.sample(2, steps=3, class_labels=[1, 2], guidance=2.0, compile=True)
+        x = pipe.sample(2, num_inference_steps=3, class_labels=[1, 2], guidance=2.0, compile=True)
     torch.testing.assert_close(x, eager)
 
 

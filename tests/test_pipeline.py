@@ -36,7 +36,7 @@ def test_undiffuse_train_stays_callable_after_the_train_module_is_imported():
     # is not callable".
     import undiffuse.cli  # noqa: F401
     from undiffuse.trainer import Trainer  # noqa: F401
-    assert undiffuse.train is undiffuse.pipeline.train and callable(undiffuse.train)
+    assert undiffuse.train is undiffuse.api.train and callable(undiffuse.train)
 
 
 def test_train_returns_a_loaded_pipeline(digits_pipe, toy_pipe):
@@ -45,16 +45,16 @@ def test_train_returns_a_loaded_pipeline(digits_pipe, toy_pipe):
     assert digits_pipe.class_names == [str(d) for d in range(10)]
     assert not digits_pipe.denoiser.training  # eval mode: no dropout while sampling
     assert toy_pipe.shape == (2,) and toy_pipe.num_classes is None
-    x = digits_pipe.sample(4, steps=3)
+    x = digits_pipe.sample(4, num_inference_steps=3)
     assert x.shape == (4, 1, 8, 8) and x.dtype == torch.float32
     assert x.min() >= -1 and x.max() <= 1  # the predicted x0 is clipped to the data range
-    assert toy_pipe.sample(7, steps=3).shape == (7, 2)
+    assert toy_pipe.sample(7, num_inference_steps=3).shape == (7, 2)
 
 
 @pytest.mark.parametrize("sampler, options", [("ddim", {}), ("ddim", {"eta": 1.0}), ("ddpm", {})])
 def test_same_seed_same_samples_and_other_seeds_differ(digits_pipe, sampler, options):
     def draw(seed):
-        return digits_pipe.sample(6, sampler=sampler, steps=4, seed=seed, class_labels=2, **options)
+        return digits_pipe.sample(6, sampler=sampler, num_inference_steps=4, seed=seed, class_labels=2, **options)
     a, b, c = draw(0), draw(0), draw(1)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
@@ -64,14 +64,14 @@ def test_same_seed_same_samples_and_other_seeds_differ(digits_pipe, sampler, opt
 def test_sampling_leaves_the_global_rng_alone(digits_pipe, toy_pipe):
     # Training resumes exactly only if grids drawn mid-run do not consume torch's global RNG.
     state = torch.get_rng_state()
-    digits_pipe.sample(4, sampler="ddpm", steps=3, seed=3)
-    toy_pipe.sample(4, sampler="ddim", steps=3, seed=3, eta=0.5)
+    digits_pipe.sample(4, sampler="ddpm", num_inference_steps=3, seed=3)
+    toy_pipe.sample(4, sampler="ddim", num_inference_steps=3, seed=3, eta=0.5)
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_class_labels_forms_and_effect(digits_pipe):
     def draw(labels):
-        return digits_pipe.sample(4, steps=3, seed=7, class_labels=labels)
+        return digits_pipe.sample(4, num_inference_steps=3, seed=7, class_labels=labels)
     assert torch.equal(draw(5), draw([5, 5, 5, 5]))
     assert torch.equal(draw(torch.tensor([1, 2, 3, 4])), draw([1, 2, 3, 4]))
     assert torch.equal(draw(None), draw(10))  # None is the null class of a conditional model
@@ -86,27 +86,27 @@ def test_class_labels_forms_and_effect(digits_pipe):
 ])
 def test_invalid_class_labels_are_refused(digits_pipe, labels, needle):
     with pytest.raises(ValueError, match=needle):
-        digits_pipe.sample(4, steps=2, class_labels=labels)
+        digits_pipe.sample(4, num_inference_steps=2, class_labels=labels)
 
 
 def test_unconditional_models_take_no_labels_and_no_guidance(toy_pipe):
     with pytest.raises(ValueError, match="unconditional: it takes no class labels"):
-        toy_pipe.sample(4, steps=2, class_labels=0)
+        toy_pipe.sample(4, num_inference_steps=2, class_labels=0)
     with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
-        toy_pipe.sample(4, steps=2, guidance=3.0)
+        toy_pipe.sample(4, num_inference_steps=2, guidance=3.0)
 
 
 def test_guidance(digits_pipe):
-    plain = digits_pipe.sample(4, steps=3, seed=2, class_labels=[0, 1, 2, 3])
-    assert torch.equal(digits_pipe.sample(4, steps=3, seed=2, class_labels=[0, 1, 2, 3], guidance=1.0), plain)
-    guided = digits_pipe.sample(4, steps=3, seed=2, class_labels=[0, 1, 2, 3], guidance=3.0)
+    plain = digits_pipe.sample(4, num_inference_steps=3, seed=2, class_labels=[0, 1, 2, 3])
+    assert torch.equal(digits_pipe.sample(4, num_inference_steps=3, seed=2, class_labels=[0, 1, 2, 3], guidance=1.0), plain)
+    guided = digits_pipe.sample(4, num_inference_steps=3, seed=2, class_labels=[0, 1, 2, 3], guidance=3.0)
     assert guided.shape == plain.shape and not torch.allclose(guided, plain)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 @pytest.mark.parametrize("steps", [1, 4])
 def test_trajectory_has_one_entry_per_step(digits_pipe, sampler, steps):
-    res = digits_pipe.sample(3, sampler=sampler, steps=steps, seed=4, class_labels=1, trajectory=True)
+    res = digits_pipe.sample(3, sampler=sampler, num_inference_steps=steps, seed=4, class_labels=1, trajectory=True)
     assert isinstance(res, SampleResult)
     assert len(res.xs) == len(res.x0_hats) == len(res.ts) == steps
     assert all(x.shape == (3, 1, 8, 8) for x in res.xs + res.x0_hats)
@@ -114,7 +114,7 @@ def test_trajectory_has_one_entry_per_step(digits_pipe, sampler, steps):
     # The first state is the prior draw, and the final samples are those of a plain call.
     prior = digits_pipe.process.prior((3, 1, 8, 8), torch.Generator().manual_seed(4))
     assert torch.equal(res.xs[0], prior)
-    plain = digits_pipe.sample(3, sampler=sampler, steps=steps, seed=4, class_labels=1)
+    plain = digits_pipe.sample(3, sampler=sampler, num_inference_steps=steps, seed=4, class_labels=1)
     assert torch.equal(res.x0, plain)
     assert torch.equal(res.x0_hats[-1].clamp(-1, 1), plain)  # the last step returns x0_hat
 
@@ -127,9 +127,9 @@ def test_bad_sampler_and_steps_are_refused(digits_pipe):
     with pytest.raises(FileNotFoundError, match="classifier guidance needs a classifier in"):
         digits_pipe.sample(2, class_labels=3, classifier_scale=1.0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        digits_pipe.sample(2, steps=0)
+        digits_pipe.sample(2, num_inference_steps=0)
     with pytest.raises(ValueError, match="only 1000"):
-        digits_pipe.sample(2, steps=1001)
+        digits_pipe.sample(2, num_inference_steps=1001)
 
 
 def test_load_errors(tmp_path, digits_pipe):
@@ -150,4 +150,4 @@ def test_train_with_resume_continues_the_run(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000005"
-    assert pipe.sample(4, steps=2).shape == (4, 2)
+    assert pipe.sample(4, num_inference_steps=2).shape == (4, 2)

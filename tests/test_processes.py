@@ -179,7 +179,7 @@ def test_posterior_is_gaussian_conditioning(p, s, t, kind):
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_ddpm_posterior_is_design_formula(schedule):
-    """DESIGN.md / Ho et al. eq. 7 written out with beta and alpha_bar, for every adjacent step
+    """docs/conventions.md / Ho et al. eq. 7 written out with beta and alpha_bar, for every adjacent step
     n = 2..N (batched over steps: per-sample t and s)."""
     n_steps = 1000
     p = DDPM(n_steps, schedule)

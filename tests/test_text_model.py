@@ -169,7 +169,7 @@ def test_a_text_run_resumes_bitwise_equal(tmp_path):
 
 def test_load_round_trip_and_the_samples_grid(text_run):
     pipe = undiffuse.load(text_run.run_dir)
-    assert pipe.is_text and pipe.text == {"encoder": FAKE, "max_length": 8, "dim": 16}
+    assert pipe.takes_prompts and pipe.text == {"encoder": FAKE, "max_length": 8, "dim": 16}
     assert pipe.num_classes is None
     options = dict(steps=2, seed=5, guidance=2.0, negative_prompt="the digit 1")
     x = pipe.sample(3, prompts="the digit 7", **options)
@@ -180,22 +180,22 @@ def test_load_round_trip_and_the_samples_grid(text_run):
 @torch.no_grad()
 def test_prompt_forms_and_errors(text_run):
     pipe = text_run.pipeline()
-    one = pipe.sample(3, prompts="the digit 7", steps=2, seed=1, guidance=3.0)
-    assert torch.equal(one, pipe.sample(3, prompts=["the digit 7"] * 3, steps=2, seed=1, guidance=3.0))
-    assert not torch.equal(one, pipe.sample(3, prompts="a handwritten zero", steps=2, seed=1, guidance=3.0))
+    one = pipe.sample(3, prompts="the digit 7", num_inference_steps=2, seed=1, guidance=3.0)
+    assert torch.equal(one, pipe.sample(3, prompts=["the digit 7"] * 3, num_inference_steps=2, seed=1, guidance=3.0))
+    assert not torch.equal(one, pipe.sample(3, prompts="a handwritten zero", num_inference_steps=2, seed=1, guidance=3.0))
     # w = 0 is the empty caption, which is also what no prompt at all means.
-    assert torch.equal(pipe.sample(2, prompts="the digit 7", steps=2, guidance=0.0), pipe.sample(2, steps=2))
-    assert pipe.sample(2, steps=2, trajectory=True).images.shape == (2, 1, 8, 8)
+    assert torch.equal(pipe.sample(2, prompts="the digit 7", num_inference_steps=2, guidance=0.0), pipe.sample(2, num_inference_steps=2))
+    assert pipe.sample(2, num_inference_steps=2, trajectory=True).images.shape == (2, 1, 8, 8)
     for kwargs, needle in [(dict(prompts=["a", "b"]), "list of 3"), (dict(class_labels=1), "not class labels"),
                            (dict(prompts="a", negative_prompt="b"), "guidance 1"),
                            (dict(guidance=3.0), "needs prompts"),
                            (dict(prompts="a", classifier_scale=1.0), "classifier guidance")]:
         with pytest.raises(ValueError, match=needle):
-            pipe.sample(3, steps=2, **kwargs)
+            pipe.sample(3, num_inference_steps=2, **kwargs)
     classes = Pipeline(Denoiser(build_net("tiny", num_classes=10, image_size=8), make_process("ddpm")),
                        (1, 8, 8), num_classes=10)
     with pytest.raises(ValueError, match="not text-conditional"):
-        classes.sample(2, steps=2, prompts="the digit 7")
+        classes.sample(2, num_inference_steps=2, prompts="the digit 7")
 
 
 def test_text_runs_need_captions_images_and_a_gaussian_process(tmp_path):
@@ -264,14 +264,14 @@ def check_eval_routes_to_adherence(run, capsys):
     calls = []
 
     def fake(pipe, prompts, scales, per_prompt, **kw):
-        calls.append((pipe.is_text, list(scales), per_prompt, kw["steps"]))
+        calls.append((pipe.takes_prompts, list(scales), per_prompt, kw["spec"].num_inference_steps))
         return {"prompts": {"digit": []}, "real": {"adherence": 1.0}, "fid_floor": 0.5,
                 "scales": {str(w): {"digit": {"adherence": 0.25}, "fid": 9.0} for w in scales}}
 
     original, evaluate_text.evaluate_text_model = evaluate_text.evaluate_text_model, fake
     try:
         assert main(["eval", "--run", str(run), "--guidance-scales", "1", "3", "--per-prompt", "2",
-                     "--steps", "2"]) == 0
+                     "--num-inference-steps", "2"]) == 0
     finally:
         evaluate_text.evaluate_text_model = original
     assert calls == [(True, [1.0, 3.0], 2, 2)]
@@ -304,14 +304,14 @@ def test_minilm_text_model_trains_loads_and_samples(tmp_path):
     pipe = undiffuse.load(tmp_path)
     assert pipe.text == {"encoder": "all-MiniLM-L6-v2", "max_length": get_encoder().max_length, "dim": 384}
     assert pipe.denoiser.net.config["context_dim"] == 384
-    x = pipe.sample(2, prompts=["a handwritten seven", "the number 3"], steps=2, guidance=2.0)
+    x = pipe.sample(2, prompts=["a handwritten seven", "the number 3"], num_inference_steps=2, guidance=2.0)
     assert x.shape == (2, 1, 32, 32) and torch.isfinite(x).all()
     # The prompts reach the samples: another prompt, or another guidance scale, with the same seed changes
     # them. Two training steps move the zero-initialised text paths only a little: measured max changes
     # 8.3e-4 (prompt) and 1.0e-3 (guidance 2 vs 1); were the text ignored they would be exactly 0 (the same
     # call, same shapes), so 2e-4 separates the two cases.
     def draw(prompt, guidance):
-        return pipe.sample(2, prompts=prompt, steps=2, seed=0, guidance=guidance)
+        return pipe.sample(2, prompts=prompt, num_inference_steps=2, seed=0, guidance=guidance)
     seven = draw("a handwritten seven", 2.0)
     assert (seven - draw("the number 3", 2.0)).abs().max() > 2e-4
     assert (seven - draw("a handwritten seven", 1.0)).abs().max() > 2e-4

@@ -142,7 +142,7 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
     reference = load_toy2d("8gaussians", 2000, seed=123).x
     cfg = toy_cfg(tmp_path, steps=2000, lr_schedule="cosine", warmup_steps=100, ema_decay=0.99)
     trainer = Trainer(cfg, data=data)
-    untrained = trainer.pipeline().sample(2000, sampler="ddpm", steps=100, seed=1)
+    untrained = trainer.pipeline().sample(2000, sampler="ddpm", num_inference_steps=100, seed=1)
     assert swd(untrained, reference) > bound
     gaussian = torch.distributions.MultivariateNormal(data.x.mean(0), torch.cov(data.x.T))
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
 
     for _ in range(cfg.steps):
         trainer.train_step()
-    samples = trainer.pipeline().sample(2000, sampler="ddpm", steps=100, seed=1)
+    samples = trainer.pipeline().sample(2000, sampler="ddpm", num_inference_steps=100, seed=1)
     assert samples.shape == (2000, 2) and torch.isfinite(samples).all()
     distance = swd(samples, reference)
     assert distance < bound, distance

@@ -2,11 +2,12 @@
 
     import undiffuse
     pipe = undiffuse.train(undiffuse.preset("mnist"))        # or undiffuse.load("runs/mnist")
-    images = pipe.sample(16, sampler="ddim", steps=50, class_labels=7)
+    images = pipe.sample(16, sampler="ddim", num_inference_steps=50, class_labels=7)
 """
 from .config import PRESETS, TrainConfig, preset
 from .denoiser import Denoiser, Prediction
-from .pipeline import Pipeline, load, train
+from .api import load, train
+from .pipeline import Pipeline
 
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "load", "Pipeline", "Denoiser", "Prediction"]

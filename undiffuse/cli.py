@@ -18,6 +18,7 @@ from .text.cli import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_option
                        cmd_sample_text)
 from .config import PRESETS, TrainConfig, preset
 from .metrics.inception import UnavailableError
+from .cli_sampling import DeprecatedFlag, add_steps_and_spacing, sample_spec
 
 # Help for each TrainConfig field exposed as a flag (the field name with dashes).
 TRAIN_FLAGS: dict[str, str] = {
@@ -101,11 +102,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--sampler", default=None, metavar="NAME",
                    help="sampler (default ddim): " + ", ".join(sorted(SAMPLERS))
                         + "; for a cold run (default improved): naive, improved, direct")
-    p.add_argument("--steps", type=int, default=None,
-                   help="number of sampler steps (default 50; a cold run: every severity)")
-    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
-                   help="step schedule: trailing, linspace, leading, karras, logsnr "
-                        "(default: the sampler's own, see `undiffuse samplers`)")
+    add_steps_and_spacing(p, default_steps=None, steps_help="number of sampler steps (default 50; a cold run: "
+                                                               "every severity)")
     p.add_argument("--eta", type=float, default=None,
                    help="stochasticity of ddim, euler_ancestral and the *_sde samplers")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -221,12 +219,13 @@ def cmd_train(args) -> int:
         return 0
     out, pipe = Path(cfg.out), trainer.pipeline()
     pictures = [out / "samples" / "final.png", *_loss_curve(trainer)]
-    if trainer.cold and pipe.can_generate:
+    if pipe.can_restore and pipe.can_generate:
         pictures.append(out / "samples" / "final-restore.png")
-    if trainer.data.x.ndim == 4 and getattr(pipe, "can_generate", True):
+    if trainer.data.x.ndim == 4 and pipe.can_generate:
         rows = {} if trainer.text is None else {"prompts": preview_prompts(trainer.data, 4, cfg.seed)}
-        pictures.append(_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
-                                    steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance, **rows))
+        pictures.append(pipe.save_trajectory(out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
+                                             num_inference_steps=cfg.sample_steps, seed=cfg.seed,
+                                             guidance=cfg.guidance, **rows))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     if trainer.step < cfg.steps:
         print(f"stopped at step {trainer.step} of {cfg.steps} (--max-minutes {cfg.max_minutes}), checkpoint "
@@ -248,20 +247,14 @@ def _loss_curve(trainer) -> list[Path]:
     return [plot_loss_curve(log, trainer.run_dir / "samples" / "loss.png")]
 
 
-def _trajectory(pipe, path: Path, class_label=None, **options) -> Path:
-    return pipe.save_trajectory(path, class_label=class_label, **options)
-
-
 def cmd_sample(args) -> int:
     import torch
 
-    from .pipeline import load
+    from .api import load
     from .viz import plot_points, save_grid
 
-    opts = _parse_options(args.option) | ({} if args.eta is None else {"eta": args.eta})
     # Every setting checked before any work: loading, sampling, then writing.
-    check_sample_settings(args.n, steps=args.steps, guidance=args.guidance, classifier_scale=args.classifier_scale,
-                          options=opts, prefix="--")
+    spec = sample_spec(args, _parse_options(args.option))
     for flag, path in (("--out", args.out), ("--trajectory", args.trajectory)):
         if path is not None:
             check_output_file(path, flag)
@@ -270,26 +263,21 @@ def cmd_sample(args) -> int:
     if points and args.trajectory:
         raise ValueError(f"--trajectory draws images, but {args.run} is a run on "
                          f"{pipe.shape[0]}-D points; drop --trajectory")
-    # Unset: each pipeline's own default (ddim in 50 steps; a cold run: improved, every severity).
-    opts |= {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
-    if getattr(pipe, "is_text", False) or args.prompt or args.negative_prompt:
-        return cmd_sample_text(args, pipe, opts)
+    if pipe.takes_prompts or args.prompt or args.negative_prompt:
+        return cmd_sample_text(args, pipe, spec)
     if args.class_label is not None:
-        labels = args.class_label
-    elif pipe.num_classes is not None:
-        labels = torch.arange(args.n) % pipe.num_classes
-    else:
-        labels = None
+        spec = spec.replace(class_labels=args.class_label)
+    elif pipe.takes_labels:
+        spec = spec.replace(class_labels=torch.arange(args.n) % pipe.num_classes)
     t0 = time.perf_counter()
-    x = pipe.sample(args.n, spacing=args.spacing, seed=args.seed, class_labels=labels, guidance=args.guidance,
-                    classifier_scale=args.classifier_scale, bf16=args.bf16, **opts)
+    x = pipe.sample(args.n, spec)
     dt = time.perf_counter() - t0
-    nrow = pipe.num_classes if (labels is not None and args.class_label is None) else None
+    nrow = pipe.num_classes if (pipe.takes_labels and args.class_label is None) else None
     path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
     print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {path}")
     if args.trajectory:
-        path = _trajectory(pipe, Path(args.trajectory), class_label=args.class_label, seed=args.seed,
-                           guidance=args.guidance, spacing=args.spacing, bf16=args.bf16, **opts)
+        path = pipe.save_trajectory(Path(args.trajectory), spec=spec.replace(
+            class_labels=args.class_label, classifier_scale=0.0))
         print(f"trajectory -> {path}")
     return 0
 
@@ -304,7 +292,10 @@ def _add_degrade(sub) -> None:
     p.add_argument("--process", required=True,
                    help="blur, mask, pixelate, desaturate, snow, fade or gaussian, with settings as in "
                         "blur:T=20:sigma=7 (`undiffuse samplers --cold` lists them)")
-    p.add_argument("--steps", type=int, default=None, help="T, overriding the spec's (default: its own)")
+    p.add_argument("--max-severity", dest="max_severity", type=int, default=None,
+                   help="T, the last severity, overriding the spec's (default: its own)")
+    p.add_argument("--steps", dest="max_severity", type=int, action=DeprecatedFlag, new="--max-severity",
+                   help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=8, help="images (rows) drawn from a dataset")
     p.add_argument("--columns", type=int, default=11, help="severities shown, 0 and T included")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the random state (mask, snow, ...)")
@@ -362,8 +353,8 @@ def cmd_degrade(args) -> int:
 
     check_output_file(args.out, "--out")
     deg = make_degradation(args.process)
-    if args.steps is not None:
-        deg = degradation_from_config({**deg.config(), "num_steps": args.steps})
+    if args.max_severity is not None:
+        deg = degradation_from_config({**deg.config(), "num_steps": args.max_severity})
     if args.columns < 2:
         raise ValueError(f"--columns must be at least 2 (t = 0 and T), got {args.columns}")
     x = _ladder_images(args.source, args.n, args.seed, args.image_size)

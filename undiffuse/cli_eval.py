@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .checks import check_count, check_guidance, check_sample_settings
+from .cli_sampling import add_steps_and_spacing, sample_spec
 from .text.cli import add_eval_text_options
 from .distributed import DEVICES
 from .cold import is_cold
@@ -20,9 +21,7 @@ def add_eval(sub) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by `undiffuse train`")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=2000, help="number of generated samples")
     p.add_argument("--sampler", default="ddim", help="sampler (`undiffuse samplers` lists them)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--schedule", "--spacing", dest="spacing", default=None,
-                   help="step schedule (default: the sampler's own)")
+    add_steps_and_spacing(p, default_steps=50, steps_help="sampler steps")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
@@ -41,7 +40,7 @@ def add_eval(sub) -> None:
 
 def check_eval_args(args) -> None:
     """Every numeric setting of `undiffuse eval`, before the run loads or a process group starts."""
-    check_sample_settings(args.n, steps=args.steps, guidance=args.guidance, prefix="--")
+    check_sample_settings(args.n, steps=args.num_inference_steps, guidance=args.guidance, prefix="--")
     for scale in args.guidance_scales or []:
         check_guidance(scale, "--guidance-scales")
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--nll-images", args.nll_images, 0),
@@ -64,9 +63,8 @@ def cmd_eval(args) -> int:
     with distributed.process_group(args.device, timeout=timedelta(hours=3)):
         if cfg.get("text"):
             return cmd_eval_text(args)
-        result = evaluate(args.run, n=args.n, sampler=args.sampler, steps=args.steps,
-                          spacing=args.spacing, guidance=args.guidance, seed=args.seed,
-                          nll_images=args.nll_images, nll_steps=args.nll_steps, bf16=args.bf16,
+        result = evaluate(args.run, n=args.n, spec=sample_spec(args),
+                          nll_images=args.nll_images, nll_steps=args.nll_steps,
                           standard_fid=args.standard_fid, inception_weights=args.inception_weights,
                           batch=args.batch_size, device=args.device)
         if distributed.is_main():

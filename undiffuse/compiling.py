@@ -1,4 +1,5 @@
-"""``torch.compile`` with a way back: compile a net in place, and run eagerly when compiling fails.
+"""``torch.compile`` with a way back: compile a net in place, and run eagerly when compiling fails;
+and ``FastCopies``, the bf16 / compiled copies of a denoiser that sampling runs.
 
 ``nn.Module.compile`` compiles in place, so parameter names (and checkpoints) do not change and a
 deep copy (the EMA) stays eager. Compilation happens at the first call, which is where most
@@ -7,11 +8,13 @@ Measured on 2 CPU cores it does not pay back in a demo run (docs/speed.md), so i
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -48,3 +51,63 @@ def call_or_fall_back(fn: Callable[[], T], net: nn.Module, what: str, undo: Call
         uncompile(net)
         undo()
         return fn()
+
+
+class FastCopies:
+    """The denoiser to sample with: the one given, or a copy with bf16 weights and / or compiled.
+
+    bf16 sampling keeps a bf16 copy of the weights (measured faster than casting them in every call
+    under autocast, docs/speed.md); ``bf16_weights = False``: autocast alone, over the float32
+    weights. Copies are cached per device until the weights change (their in-place version
+    counters move: a pipeline shares its EMA with a training run that goes on)."""
+
+    bf16_weights = True
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+        self._copies: dict[tuple[bool, bool, torch.device], object] = {}
+        self._version = -1
+
+    def get(self, bf16: bool = False, compile: bool = False, device: torch.device | None = None):
+        if not (bf16 and self.bf16_weights) and not compile:
+            return self.denoiser
+        version = sum(p._version for p in self.denoiser.parameters())
+        if version != self._version:
+            self._copies, self._version = {}, version
+        key = (bf16 and self.bf16_weights, compile, device)
+        if key not in self._copies:
+            d = self.denoiser
+            net = bf16_inference_copy(d.net) if key[0] else copy.deepcopy(d.net)
+            fast = type(d)(net, d.process, d.prediction, sigma_data=d.sigma_data,
+                           learn_variance=d.learn_variance, clip_x0=d.clip_x0).eval()
+            if compile:
+                compile_net(net)
+                fast = EagerOnFailure(fast)
+            self._copies[key] = fast
+        return self._copies[key]
+
+
+def bf16_inference_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with bf16 weights for sampling under bf16 autocast, which then casts no
+    weights. LayerNorms stay float32: they read float32 caption embeddings, and CPU layer_norm
+    refuses float32 input with bf16 parameters."""
+    net = copy.deepcopy(net).to(torch.bfloat16)
+    for m in net.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.float()
+    return net
+
+
+class EagerOnFailure:
+    """A compiled denoiser that, if compiling fails at its first call, warns and runs eagerly."""
+
+    def __init__(self, compiled):
+        self.compiled, self.checked = compiled, False
+        self.process, self.clip_x0 = compiled.process, compiled.clip_x0
+
+    def __call__(self, xt: Tensor, t: Tensor, cond=None):
+        if self.checked:
+            return self.compiled(xt, t, cond)
+        out = call_or_fall_back(lambda: self.compiled(xt, t, cond), self.compiled.net, "sampling")
+        self.checked = True
+        return out

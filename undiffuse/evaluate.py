@@ -19,28 +19,29 @@ import torch
 
 from . import distributed
 from .checkpoint import write_json
-from .checks import check_sample_settings
+from .checks import check_count
 from .data import TensorData, load_dataset
 from .metrics import (class_statistics, extract_features, fid_from_features, get_feature_net, kid,
                       prdc, predict_labels, quantize_8bit, vlb_bits_per_dim)
-from .pipeline import Pipeline, load
+from .api import load
+from .pipeline import Pipeline
 from .processes import DDPM
 from .run_files import read_run_config
+from .sampling import SampleSpec
 
 FEATURE_DATASETS = ("mnist", "digits")
 
 
-def _sample(pipe: Pipeline, n: int, sampler: str, steps: int, spacing: str | None, guidance: float,
-            seed: int, bf16: bool, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def _sample(pipe: Pipeline, n: int, spec: SampleSpec, batch: int = 100
+            ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """n samples (balanced classes for conditional models), on the CPU, and the images/s it took.
 
-    Batch ``i`` is drawn with seed ``seed + i`` wherever it runs: this process's share of the
+    Batch ``i`` is drawn with seed ``spec.seed + i`` wherever it runs: this process's share of the
     batches (all of them outside torchrun), gathered from every rank in order."""
-    labels = None if pipe.num_classes is None else torch.arange(n) % pipe.num_classes
+    labels = torch.arange(n) % pipe.num_classes if pipe.takes_labels else None
     t0 = time.perf_counter()
-    samples = distributed.gather_batches(n, batch, lambda i, size: pipe.sample(
-        size, sampler=sampler, steps=steps, spacing=spacing, seed=seed + i, guidance=guidance, bf16=bf16,
-        class_labels=None if labels is None else labels[i:i + size]), pipe.shape)
+    samples = distributed.gather_batches(n, batch, lambda i, size: pipe.sample(size, spec.replace(
+        seed=spec.seed + i, class_labels=None if labels is None else labels[i:i + size])), pipe.shape)
     return samples, labels, n / (time.perf_counter() - t0)
 
 
@@ -78,26 +79,27 @@ def sample_quality(samples: torch.Tensor, requested: torch.Tensor | None, datase
     return result
 
 
-def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps: int = 50,
-             spacing: str | None = None, guidance: float = 1.0, seed: int = 0, nll_images: int = 100,
-             nll_steps: int = 100, bf16: bool = False, plots: bool = True,
-             standard_fid: bool = False, inception_weights: str | None = None, batch: int = 100,
-             device: str | torch.device = "cpu") -> dict:
-    """Measure a run; writes ``eval.json`` (and plots under ``eval/``) in the run directory.
+def evaluate(run_dir: str | Path, *, n: int = 2000, spec: SampleSpec | None = None, nll_images: int = 100,
+             nll_steps: int = 100, plots: bool = True, standard_fid: bool = False,
+             inception_weights: str | None = None, batch: int = 100, device: str | torch.device = "cpu",
+             **settings) -> dict:
+    """Measure a run's samples drawn as ``spec`` says (``settings``: ``SampleSpec`` fields that change
+    it; default ddim in 50 steps); writes ``eval.json`` (and plots under ``eval/``) in the run directory.
 
     Sampling runs on ``device`` ("auto": CUDA when present; under torchrun each process its own
     GPU), ``batch`` images at a time. In a process group the other ranks return after sampling
     with only the sampling entries; rank 0 returns (and writes) everything."""
-
-    check_sample_settings(n, steps=steps, guidance=guidance)  # before _sample's labels need n
+    spec = SampleSpec.build(spec, **settings)
+    check_count(n, "n")  # before _sample's labels need n
+    seed = spec.seed
     run_dir = Path(run_dir)
     pipe = load(run_dir)
     pipe.denoiser.to(distributed.resolve_device(device) if isinstance(device, str) else device)
     dataset = read_run_config(run_dir)["train"]["data"]
-    samples, requested, rate = _sample(pipe, n, sampler, steps, spacing, guidance, seed, bf16, batch)
+    samples, requested, rate = _sample(pipe, n, spec, batch)
     pipe.denoiser.cpu()  # the metrics, the bound and the plots below are computed on the CPU
-    result = {"run": str(run_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
-              "guidance": guidance, "bf16": bf16, "sampling_images_per_s": rate,
+    result = {"run": str(run_dir), "n": n, "sampler": spec.sampler, "steps": spec.num_inference_steps,
+              "spacing": spec.spacing, "guidance": spec.guidance, "bf16": spec.bf16, "sampling_images_per_s": rate,
               "processes": distributed.world_size()}
     if not distributed.is_main():
         return result
@@ -110,7 +112,7 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, sampler: str = "ddim", steps
     if isinstance(pipe.process, DDPM) and nll_images > 0:
         real = quantize_8bit(held_out.x[:nll_images])
         gen = torch.Generator().manual_seed(seed)
-        vlb = vlb_bits_per_dim(pipe.denoiser, real, cond=pipe.labels_for(None, len(real)),
+        vlb = vlb_bits_per_dim(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)),
                                steps=nll_steps, generator=gen)
         result["bits_per_dim_vlb"] = float(vlb["bpd_mean"])
         result["bits_per_dim_vlb_stderr"] = float(vlb["bpd_stderr"])
@@ -132,7 +134,7 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: 
              "trajectory": pipe.save_trajectory(out / "trajectory.png", seed=seed)}
     if isinstance(pipe.process, DDPM):
         real = quantize_8bit(held_out.x[:64])
-        rd = rate_distortion(pipe.denoiser, real, cond=pipe.labels_for(None, len(real)), steps=100,
+        rd = rate_distortion(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)), steps=100,
                              generator=torch.Generator().manual_seed(seed))
         for i, path in enumerate(plot_rate_distortion(rd, out / "rate_distortion.png")):
             paths[f"rate_distortion_{i}"] = path

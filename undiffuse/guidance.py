@@ -1,4 +1,8 @@
-"""Guidance as denoiser wrappers: anything that takes a denoiser and returns one fits every sampler."""
+"""Guidance as denoiser wrappers: anything that takes a denoiser and returns one fits every sampler.
+
+``ClassifierFreeGuidance`` and ``NullCondition`` wrap Gaussian denoisers (which return a
+``Prediction``) and cold restorers (which return x0_hat as a tensor) alike.
+"""
 from __future__ import annotations
 
 import torch
@@ -41,14 +45,19 @@ class ClassifierFreeGuidance:
         # The wrapped model's clamp, for wrappers stacked on this one (ClassifierGuidance re-clamps).
         self.clip_x0 = getattr(denoiser, "clip_x0", None)
 
-    def __call__(self, xt: Tensor, t: Tensor, cond=None) -> Prediction:
+    def __call__(self, xt: Tensor, t: Tensor, cond=None) -> Prediction | Tensor:
         if cond is None:
             raise ValueError("classifier-free guidance needs a condition (class labels or a text embedding)")
         if self.scale == 1.0:
             return self.denoiser(xt, t, cond)
         b = xt.shape[0]
-        t_b = torch.as_tensor(t, dtype=torch.float64).expand(b)
+        # Gaussian levels in float64; a cold run's integer severities as they are.
+        cold = isinstance(t, Tensor) and not t.is_floating_point()
+        t_b = (t if cold else torch.as_tensor(t, dtype=torch.float64)).expand(b)
         both = self.denoiser(torch.cat([xt, xt]), torch.cat([t_b, t_b]), self._with_null(cond, b))
+        if isinstance(both, Tensor):  # a cold restorer's x0_hat: guide it directly
+            x0_c, x0_u = both.chunk(2)
+            return x0_u + self.scale * (x0_c - x0_u)
         x0_c, x0_u = both.x0[:b], both.x0[b:]
         x0 = x0_u + self.scale * (x0_c - x0_u)
         a, s = self.process.alpha_sigma(t_b)
@@ -78,6 +87,21 @@ class ClassifierFreeGuidance:
                                  "or one per sample")
             null = null.repeat(b)
         return type(cond).cat([cond, null.to(cond.tokens.device)])
+
+
+class NullCondition:
+    """A conditional model asked for its null condition whatever the given one (guidance w = 0): the
+    null class, or a text embedding (the empty caption, or a negative prompt)."""
+
+    def __init__(self, denoiser, null):
+        self.denoiser, self.null, self.process = denoiser, null, denoiser.process
+        self.clip_x0 = getattr(denoiser, "clip_x0", None)
+
+    def __call__(self, xt: Tensor, t: Tensor, cond=None):
+        b = xt.shape[0]
+        if isinstance(self.null, int):
+            return self.denoiser(xt, t, torch.full((b,), self.null, dtype=torch.long, device=xt.device))
+        return self.denoiser(xt, t, self.null if len(self.null) == b else self.null.repeat(b))
 
 
 class ClassifierGuidance:

@@ -21,13 +21,11 @@ DistributedDataParallel, arranged so the result does not depend on N:
 Network dropout is the exception: each process drops units of its own share with its own RNG
 (see ``Trainer.train_step``), so with dropout a run is reproducible for a given N, not across N.
 
-A cold process (``--process blur``, ...; Bansal et al. 2022) trains a restorer ``R(x_t, t) -> x0``
-through this same loop: the generator then draws the label dropout, the severities t and the
-degradation's state (mask centres, snow, ...) of the whole global batch, in that order, and the
-loss is ``cold_loss``; ``undiffuse.cold.objective`` holds the rest (its prior, its grids).
-
-A text run (``--text``) draws the caption dropout where a class-conditional run draws the label
-dropout; ``undiffuse.text.objective`` holds the rest (the caption embeddings, its grids).
+What differs between kinds of run is the objective's (``undiffuse.objectives``): the model, the
+random numbers of a batch after the condition's dropout (Gaussian: t and the noise; cold, Bansal et
+al. 2022: the severities t and the degradation's state), the loss and the preview grids. The
+condition is ``undiffuse.conditioning``'s: label dropout for class-conditional runs, caption dropout
+for text runs (``--text``; the caption embeddings are ``undiffuse.text.objective``'s).
 """
 from __future__ import annotations
 
@@ -48,15 +46,13 @@ from .checks import check_data_fits
 from .compiling import call_or_fall_back, compile_net
 from .config import TrainConfig
 from .data import TensorData, load_dataset
-from .losses import diffusion_loss
+from .conditioning import training_condition
 from .nets import net_config
-from .cold import cold_loss
+from .objectives import objective_for
 from .rundir import RESUMABLE_CHANGES, append_log, check_resumable, check_run_dir, clear_run  # noqa: F401
 from .run_files import load_checked, read_training_state, restore_optimizer
-from .cold.objective import build_restorer, restorer_config, write_cold_samples
-from .cold.prior import prepare_prior
-from .train_parts import _rank_seed, batch_indices, build_denoiser, ema_update, lr_at  # noqa: F401 (re-exported)
-from .text.objective import CaptionEmbedder, caption_embedder, drop_captions, write_text_samples
+from .train_parts import _rank_seed, batch_indices, ema_update, lr_at  # noqa: F401 (re-exported)
+from .text.objective import CaptionEmbedder, caption_embedder
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,7 +69,7 @@ class Trainer:
         it) or ``overwrite`` is true (delete it and start over): see ``undiffuse.rundir``."""
         # Checked, with the process-dependent defaults (loss, sampler) filled in: what the run saves.
         self.cfg = cfg = cfg.resolved()
-        self.cold = cfg.cold  # a cold degradation: the model is a ColdRestorer, not a Denoiser
+        self.objective = objective_for(cfg)
         self.run_dir = Path(cfg.out)
         self.device = distributed.resolve_device(cfg.device)
         world = distributed.world_size()
@@ -96,13 +92,11 @@ class Trainer:
         if cfg.text:
             with distributed.main_first():  # one process fills the caption cache, then the rest
                 self.text = caption_embedder(cfg, data, encoder)
-        if self.cold:
-            self.denoiser = build_restorer(cfg, self.data).to(self.device)
-        else:
-            context_dim = None if self.text is None else self.text.encoder.dim
-            self.denoiser = build_denoiser(cfg, self.data, context_dim).to(self.device)
-        self.process = self.denoiser.degradation if self.cold else self.denoiser.process
-        self.prior = None  # a cold run's generation prior, fitted by fit() on rank 0
+        context_dim = None if self.text is None else self.text.encoder.dim
+        self.denoiser = self.objective.build(self.data, context_dim).to(self.device)
+        self.process = self.objective.process(self.denoiser)
+        self.condition = training_condition(self.num_classes, data.labels, cfg.label_dropout, self.text,
+                                            cfg.caption_dropout)
         self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
@@ -131,7 +125,7 @@ class Trainer:
     def run_config(self) -> dict:
         return {"train": asdict(self.cfg), "net": net_config(self.denoiser.net),
                 "process": self.process.config(),
-                "denoiser": restorer_config(self.denoiser) if self.cold else self.denoiser.config(),
+                "denoiser": self.objective.model_config(self.denoiser),
                 "data": {"name": self.data.name, "shape": list(self.data.x.shape[1:]),
                          "num_classes": self.num_classes,
                          "class_names": self.data.class_names},
@@ -198,26 +192,18 @@ class Trainer:
         gradient norm before clipping."""
         cfg, data, dev, b = self.cfg, self.data, self.device, self.cfg.batch_size
         idx = batch_indices(len(data), b, cfg.seed, self.step)
-        # The random numbers of the whole global batch, in the single-process order (label or
-        # caption dropout, t, noise; a cold run: label dropout, t, the degradation's state), on
-        # every process; each keeps its share. Drawing only a share would leave the generator in
+        # The random numbers of the whole global batch, in the single-process order (the label or
+        # caption dropout, then the objective's: t and the noise, or t and a degradation's state),
+        # on every process; each keeps its share. Drawing only a share would leave the generator in
         # a state that depends on the number of processes.
-        labels = self._labels(idx)
-        dropped = None if self.text is None else drop_captions(self.gen, b, cfg.caption_dropout)
-        shape = (b, *data.x.shape[1:])
-        t = self.process.sample_t(b, self.gen, weighting=cfg.severity_weighting) if self.cold \
-            else self.process.sample_t(b, self.gen)
-        if self.cold:  # the degradation's random state (None for deterministic ones) instead of noise
-            state = self.process.sample_state(shape, self.gen, dtype=data.x.dtype)
-        else:
-            noise = torch.randn(shape, generator=self.gen, dtype=data.x.dtype)
+        dropped = self.condition.draw(idx, self.gen)
+        draws = self.objective.draw(self.denoiser, b, (b, *data.x.shape[1:]), self.gen, data.x.dtype)
         mine = distributed.shard(b)  # everything with one process
         x0 = data.x[idx[mine]].to(dev)
         if x0.ndim == 4 and cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = None if labels is None else labels[mine].to(dev)
-        if self.text is not None:  # the captions of my share, the dropped ones empty
-            cond = self.text.embed(idx[mine], dropped[mine]).to(dev)
+        cond = self.condition.share(dropped, idx, mine, dev)
+        draws = {k: _share(v, mine, dev) for k, v in draws.items()}
         if distributed.rank() > 0:
             # Network dropout draws from torch's global RNG. Rank 0 keeps the stream that
             # checkpoints save; the others reseed from (seed, step, rank) each step, so their
@@ -227,20 +213,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
-        if self.cold:
-            state = None if state is None else {k: v[mine].to(dev) for k, v in state.items()}
-
-            def restore(x, t, cond=None):  # autocast around the network only: D runs in float32
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    return self.model(x, t, cond)
-
-            loss = cold_loss(restore, self.process, x0, t=t[mine].to(dev), state=state, cond=cond,
-                             loss=cfg.loss).mean()
-        else:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = diffusion_loss(self.denoiser, x0, cond, loss=cfg.loss, weighting=cfg.weighting,
-                                      snr_gamma=cfg.snr_gamma, t=t[mine].to(dev),
-                                      noise=noise[mine].to(dev), forward=self.model).mean()
+        loss = self.objective.loss(self.model, self.denoiser, x0, cond, draws).mean()
         # The global mean: it is what gets logged, and every process must reach the same verdict
         # (one that stopped alone would leave the others waiting in backward's all-reduce).
         global_loss = distributed.all_reduce_mean(loss.detach())
@@ -276,16 +249,6 @@ class Trainer:
                                    undo=lambda: (self.gen.set_state(states[0]), torch.set_rng_state(states[1])))
         self._compile_pending = False
         return result
-
-    def _labels(self, idx: torch.Tensor) -> torch.Tensor | None:
-        num_classes = self.num_classes
-        if num_classes is None:
-            return None
-        labels = self.data.labels[idx].clone()
-        # Label dropout to the null class (Ho & Salimans 2022) so one model serves CFG.
-        drop = torch.rand(len(idx), generator=self.gen) < self.cfg.label_dropout
-        labels[drop] = num_classes
-        return labels
 
     def fit(self, progress: bool = True, on_log=None) -> None:
         """Train to cfg.steps. Under torchrun every process calls it; rank 0 writes the files.
@@ -348,40 +311,25 @@ class Trainer:
         if self.overwrite:
             clear_run(self.run_dir)
         write_json(self.run_dir / "config.json", self.run_config())
-        if self.cold:  # the start of generation: a mixture over fully degraded training images
-            self.prior = prepare_prior(self.run_dir, self.process, self.data.x, self.cfg.seed)
+        self.objective.prepare(self.run_dir, self.data, self.denoiser)
 
     def pipeline(self):
-        from .pipeline import Pipeline
-
-        # Pipeline samples on the CPU: give it a CPU copy of a GPU-trained EMA.
+        """The EMA model as a pipeline of the run's kind (on the CPU: a GPU-trained EMA is copied)."""
         ema = self.ema if self.device.type == "cpu" else copy.deepcopy(self.ema).cpu()
-        args = (ema, tuple(self.data.x.shape[1:]), self.num_classes, self.data.class_names, self.run_dir)
-        if self.cold:
-            from .cold.pipeline import ColdPipeline
-
-            return ColdPipeline(*args, prior=self.prior)
-        if self.text is not None:
-            return Pipeline(*args, text=self.text.config(), encoder=self.text.encoder)
-        return Pipeline(*args)
+        text = None if self.text is None else self.text.config()
+        return self.objective.pipeline(ema, tuple(self.data.x.shape[1:]), self.num_classes, self.data.class_names,
+                                       self.run_dir, text, None if self.text is None else self.text.encoder)
 
     def write_samples(self, tag: str) -> Path:
-        """A grid of EMA samples (one column per class for conditional models) under samples/."""
-        from .viz import plot_points, save_grid
+        """The objective's preview grids of the EMA model under samples/; returns the main picture."""
+        return self.objective.write_samples(self, tag)
 
-        if self.cold:
-            return write_cold_samples(self, tag)
-        if self.text is not None:
-            return write_text_samples(self, tag)
 
-        cfg, pipe = self.cfg, self.pipeline()
-        n = cfg.num_samples
-        labels = None if self.num_classes is None else torch.arange(n) % self.num_classes
-        x = pipe.sample(n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed,
-                        class_labels=labels, guidance=cfg.guidance if labels is not None else 1.0)
-        path = self.run_dir / "samples" / f"{tag}.png"
-        if x.ndim == 4:
-            save_grid(x, path, nrow=self.num_classes or None)
-        else:
-            plot_points(x, path, reference=self.data.x[:n])
-        return path
+def _share(v, mine, device):
+    """This process's share of a global-batch draw: a tensor, a dict of them (a degradation's
+    state) or None."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return {k: _share(x, mine, device) for k, x in v.items()}
+    return v[mine].to(device)

@@ -45,12 +45,13 @@ def add_eval_text_options(p) -> None:
     p.add_argument("--per-prompt", type=int, default=4, help="text runs: samples per evaluation prompt")
 
 
-def cmd_sample_text(args, pipe, opts: dict) -> int:
-    """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs)."""
+def cmd_sample_text(args, pipe, spec) -> int:
+    """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs), the
+    samples drawn as ``spec`` (the command's ``SampleSpec``) says."""
     from .objective import prompt_grid
     from ..viz import save_grid
 
-    if not pipe.is_text:
+    if not pipe.takes_prompts:
         raise ValueError(f"{args.run} is not a text-to-image run, so --prompt and --negative-prompt do not apply; "
                          "train one with `undiffuse train --text` (e.g. --data shapes)")
     if args.class_label is not None:
@@ -58,21 +59,19 @@ def cmd_sample_text(args, pipe, opts: dict) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     prompts = args.prompt or []
-    options = dict(spacing=args.spacing, seed=args.seed, guidance=args.guidance, bf16=args.bf16,
-                   negative_prompt=args.negative_prompt, classifier_scale=args.classifier_scale, **opts)
     if args.guidance != 1.0 and not prompts:
         raise ValueError("classifier-free guidance (--guidance) needs a prompt: add --prompt TEXT")
     t0 = time.perf_counter()
     if len(prompts) > 1:
-        path = prompt_grid(pipe, prompts, args.n, args.out, **options)
+        path = prompt_grid(pipe, prompts, args.n, args.out, spec)
     else:
-        x = pipe.sample(args.n, prompts=prompts[0] if prompts else None, **options)
+        x = pipe.sample(args.n, spec, prompts=prompts[0] if prompts else None)
         path = save_grid(x, args.out)
     dt, total = time.perf_counter() - t0, args.n * max(1, len(prompts))
     print(f"{total} samples in {dt:.1f} s ({total / dt:.1f} images/s) -> {path}")
     if args.trajectory:
-        options.pop("classifier_scale")
-        path = pipe.save_trajectory(Path(args.trajectory), prompts=prompts or None, **options)
+        path = pipe.save_trajectory(Path(args.trajectory), spec=spec.replace(prompts=prompts or None,
+                                                                             classifier_scale=0.0))
         print(f"trajectory -> {path}")
     return 0
 
@@ -82,15 +81,15 @@ def cmd_eval_text(args) -> int:
     scale (``--guidance``, or several with ``--guidance-scales``), written to RUN/eval_text.json.
     Runs inside ``cmd_eval``'s process group: rank 0 alone writes and prints."""
     from .. import distributed
+    from ..cli_sampling import sample_spec
     from .evaluate import evaluate_text_model, format_text_table
-    from ..pipeline import load
+    from ..api import load
     from ..checkpoint import write_json
 
     scales = args.guidance_scales or [args.guidance]
     pipe = load(args.run)
     pipe.denoiser.to(distributed.resolve_device(args.device))
-    result = evaluate_text_model(pipe, None, scales, args.per_prompt, sampler=args.sampler, steps=args.steps,
-                                 seed=args.seed, bf16=args.bf16, batch=args.batch_size)
+    result = evaluate_text_model(pipe, None, scales, args.per_prompt, spec=sample_spec(args), batch=args.batch_size)
     if distributed.is_main():
         out = Path(args.run) / "eval_text.json"
         write_json(out, result)

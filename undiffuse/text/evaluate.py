@@ -28,6 +28,7 @@ from ..data.mnist_captions import mnist_prompts
 from ..data.shapes import shapes_prompts
 from ..metrics.adherence import get_judge
 from ..metrics.fid import fid_from_features
+from ..sampling import SampleSpec
 
 __all__ = ["default_prompts", "evaluate_text_model", "sample_prompts", "format_text_table", "TEXT_DATASETS"]
 
@@ -43,15 +44,13 @@ def default_prompts(dataset: str, n: int = 64, seed: int = 0) -> dict[str, list]
     raise ValueError(f"no evaluation prompts for dataset {dataset!r}; text evaluation knows {', '.join(TEXT_DATASETS)}")
 
 
-def sample_prompts(pipe, texts: Sequence[str], *, guidance: float, sampler: str = "ddim", steps: int = 50,
-                   seed: int = 0, batch: int = 100, **options) -> Tensor:
+def sample_prompts(pipe, texts: Sequence[str], spec: SampleSpec, batch: int = 100) -> Tensor:
     """One sample per entry of ``texts`` (a prompt repeated k times gives k samples), on the CPU, in
     batches seeded by their position, so the result does not depend on anything sampled before nor
     on how many processes share the batches (``distributed.shard_batches``). Inside a process group
     every rank must call it: the batches are gathered from all of them."""
     return distributed.gather_batches(len(texts), batch, lambda i, size: pipe.sample(
-        size, prompts=list(texts[i:i + size]), guidance=guidance, sampler=sampler, steps=steps, seed=seed + i,
-        **options).float(), pipe.shape).clamp(-1, 1)
+        size, spec.replace(prompts=list(texts[i:i + size]), seed=spec.seed + i)).float(), pipe.shape).clamp(-1, 1)
 
 
 def _dataset_of(pipe) -> str:
@@ -64,10 +63,11 @@ def _dataset_of(pipe) -> str:
 
 def evaluate_text_model(pipe, prompts: dict[str, list] | None = None, guidance_scales: Sequence[float] = (1.0, 3.0),
                         n_per_prompt: int = 4, *, dataset: str | None = None, n_prompts: int = 64,
-                        sampler: str = "ddim", steps: int = 50, seed: int = 0, fid: bool = True,
-                        judge=None, cache_dir: str | Path | None = None, batch: int = 100,
-                        keep_samples: bool = False, **options) -> dict:
-    """Prompt adherence and the FID-style score of a text model for each guidance scale.
+                        spec: SampleSpec | None = None, fid: bool = True, judge=None,
+                        cache_dir: str | Path | None = None, batch: int = 100, keep_samples: bool = False,
+                        **settings) -> dict:
+    """Prompt adherence and the FID-style score of a text model for each guidance scale, the samples
+    drawn as ``spec`` says (``settings``: ``SampleSpec`` fields that change it; default ddim, 50 steps).
 
     ``prompts``: split name -> prompts (``ShapePrompt`` / ``DigitPrompt``); default
     ``default_prompts(dataset, n_prompts, seed)``. ``judge``: default ``get_judge(dataset, cache_dir)``.
@@ -76,7 +76,9 @@ def evaluate_text_model(pipe, prompts: dict[str, list] | None = None, guidance_s
         {"dataset", "judge": {heldout accuracies}, "real": {adherence of real images of the prompts},
          "fid_floor", "scales": {"3.0": {"seen": {"adherence", "per_attribute", "n"}, ..., "fid"}}, ...}
     """
-    if not getattr(pipe, "is_text", False):
+    spec = SampleSpec.build(spec, **settings)
+    seed = spec.seed
+    if not pipe.takes_prompts:
         raise ValueError("this model is not text-conditional; `undiffuse eval` measures class and "
                          "unconditional models, this evaluation needs a model trained with --text")
     dataset = dataset or _dataset_of(pipe)
@@ -85,7 +87,7 @@ def evaluate_text_model(pipe, prompts: dict[str, list] | None = None, guidance_s
         with distributed.main_first():  # a judge not cached yet is trained once, by rank 0
             judge = get_judge(dataset, cache_dir)
     start = time.perf_counter()
-    result = {"dataset": dataset, "sampler": sampler, "steps": steps, "n_per_prompt": n_per_prompt,
+    result = {"dataset": dataset, "sampler": spec.sampler, "steps": spec.num_inference_steps, "n_per_prompt": n_per_prompt,
               "seed": seed, "judge": judge.info.get("heldout_accuracy"),
               "prompts": {k: len(v) for k, v in prompts.items()}, "scales": {}}
     expanded = {split: [p for p in items for _ in range(n_per_prompt)] for split, items in prompts.items()}
@@ -103,8 +105,7 @@ def evaluate_text_model(pipe, prompts: dict[str, list] | None = None, guidance_s
     for w in guidance_scales:
         entry, images = {}, []
         for split, items in expanded.items():
-            x = sample_prompts(pipe, [p.text for p in items], guidance=w, sampler=sampler, steps=steps,
-                               seed=seed, batch=batch, **options)
+            x = sample_prompts(pipe, [p.text for p in items], spec.replace(guidance=w), batch)
             entry[split] = _entry(judge.score(x, items), items)
             images.append(x)
         if fid:

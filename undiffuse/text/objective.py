@@ -99,12 +99,12 @@ def preview_prompts(data: TensorData, k: int = PREVIEW_PROMPTS, seed: int = 0) -
     return list(dict.fromkeys(data.captions[i] for i in order if data.captions[i]))[:k]
 
 
-def prompt_grid(pipe, prompts: list[str], per_prompt: int, path: str | Path, **options) -> Path:
+def prompt_grid(pipe, prompts: list[str], per_prompt: int, path: str | Path, spec=None, **settings) -> Path:
     """Prompts (rows) x seeds (columns): each row is drawn with the same seed, so column j starts
     from the same noise in every row and the rows differ only by their prompt."""
     from ..viz import save_labelled_grid
 
-    rows = [pipe.sample(per_prompt, prompts=p, **options) for p in prompts]
+    rows = [pipe.sample(per_prompt, spec, prompts=p, **settings) for p in prompts]
     return save_labelled_grid(rows, path, row_labels=prompts)
 
 
@@ -116,4 +116,5 @@ def write_text_samples(trainer, tag: str) -> Path:
     prompts = preview_prompts(trainer.data, rows, seed=cfg.seed)
     per_prompt = max(1, cfg.num_samples // max(1, len(prompts)))
     return prompt_grid(trainer.pipeline(), prompts, per_prompt, trainer.run_dir / "samples" / f"{tag}.png",
-                       sampler=cfg.sampler, steps=cfg.sample_steps, seed=cfg.seed, guidance=cfg.guidance)
+                       sampler=cfg.sampler, num_inference_steps=cfg.sample_steps, seed=cfg.seed,
+                       guidance=cfg.guidance)
