@@ -59,7 +59,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        viz._atomic_write(tmp_path / "out.png", explode)
+        viz.atomic_write(tmp_path / "out.png", explode)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -40,16 +40,9 @@ CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetenso
 STEP_NAME = re.compile(r"step-[0-9]{8,}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)  # the rename itself reaches the disk
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and durably (see ``atomic_write``)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def fsync_file(path: Path) -> None:
@@ -75,17 +68,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write via ``write(tmp_path)`` (e.g. safetensors' ``save_file``) then ``os.replace``, so
-    readers never see a half-written file; the temporary file is removed on failure."""
+def atomic_write(path: str | Path, write: Callable[[str], object], mode: int | None = None) -> Path:
+    """Write ``path`` via ``write(tmp_path)`` (e.g. safetensors' ``save_file``), crash-safe.
+
+    The temporary file sits in the target folder (so ``os.replace`` is an atomic rename, never a
+    copy across file systems) and is fsynced before it replaces ``path``, then the folder is
+    fsynced: readers and a crash see the old file or the whole new one, never a half-written one.
+    On an error the temporary file is removed and ``path`` is left as it was. Missing parent folders
+    are created. ``mode`` sets the permissions (``mkstemp`` makes the file private to its owner).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        fsync_file(Path(tmp))
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    # Exception, not BaseException: an interrupt, like a kill, leaves the hidden temporary file, which
+    # ``recover_checkpoints`` reports and removes beside ``latest``.
+    except Exception:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself reaches the disk
+    return path
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -117,7 +125,7 @@ def save_cached_net(net: torch.nn.Module, info: dict, directory: str | Path) -> 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write(d / "model.safetensors", lambda p: save_file(_contiguous(net.state_dict()), p))
-    atomic_write(d / "info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+    atomic_write_text(d / "info.json", json.dumps(info, indent=2))
 
 
 def load_cached_net(cls: type[torch.nn.Module], directory: str | Path, version: str) -> tuple[torch.nn.Module, dict]:

@@ -11,8 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from .checks import MAX_GUIDANCE, check_output_file, check_sample_settings
-from .classifier import add_cli as add_classifier_cli
-from .classifier import cmd_train_classifier
+from .cli_classifier import add_cli as add_classifier_cli
+from .cli_classifier import cmd_train_classifier
 from .cli_eval import add_eval, cmd_eval
 from .text.cli import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options,
                        cmd_sample_text)

@@ -2,21 +2,22 @@
 
 Grids are drawn with PIL; plots with matplotlib's Agg canvas, imported lazily and without pyplot so no
 global backend state is touched. Every writer creates missing parent folders, writes the PNG atomically
-(a temporary file in the same folder, then ``os.replace``) and returns the path written.
+(``checkpoint.atomic_write``: a temporary file in the same folder, fsynced, then ``os.replace``) and
+returns the path written.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from .checkpoint import atomic_write
 
 MIN_GRID_WIDTH = 256  # default upscaling makes grids at least this wide, so 8x8 digits are visible
 MIN_TRAJECTORY_TILE = 48  # trajectory tiles are at least this wide, so the t labels above them fit
@@ -281,30 +282,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# --- atomic writes -----------------------------------------------------------------------------------
+# --- atomic writes (``checkpoint.atomic_write``) ----------------------------------------------------
+
+#: Pictures are as readable as any other file (``atomic_write``'s temporary file is owner-only).
+PNG_MODE = 0o644
+
 
 def _save_image(pixels: np.ndarray, path: str | Path) -> Path:
     """Write an (H, W, C) or (H, W) uint8 array as a PNG."""
     image = Image.fromarray(_squeeze(pixels) if pixels.ndim == 3 else pixels)
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), mode=PNG_MODE)
 
 
 def _save_figure(fig: Any, path: str | Path) -> Path:
     """Render a matplotlib figure to PNG."""
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png"))
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write via a temporary file in the target folder, so readers never see a half-written PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a picture should be as readable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), mode=PNG_MODE)

@@ -17,7 +17,6 @@ data, and their accuracy on real held-out images is reported beside every score.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -25,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import cache_dir as cache_dir_for, load_cached_net, save_cached_net
+from ..checkpoint import cache_dir as cache_dir_for
 from ..data.mnist_captions import DigitPrompt, stroke_classes
 from ..data.shapes import (COLOUR_NAMES, GRID, SHAPE_NAMES, SIZE_NAMES, ShapeObject, ShapePrompt, load_shapes,
                            render_prompts)
+from ..fitting import epoch_batches, fit, one_cycle_adam, seeded_init
+from .cache import cached_net
 from .features import extract_features, get_feature_net, predict_labels
 
 __all__ = ["ShapesNet", "ShapesJudge", "DigitJudge", "train_shapes_net", "get_judge", "prompts_from_attributes",
@@ -149,25 +150,14 @@ def train_shapes_net(n_train: int = 10000, epochs: int = 6, seed: int = 0, batch
     start = time.perf_counter()
     data = load_shapes(n_train, seed=seed + JUDGE_DATA_SEED, include_heldout=True)
     target = cell_targets(data.attributes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = ShapesNet()
+    net = seeded_init(seed, ShapesNet)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * -(-n_train // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n_train, generator=gen)
-        for i in range(0, n_train, batch_size):
-            b = perm[i:i + batch_size]
-            x = _augment(data.x[b], gen)
-            loss = _loss(net(x), {k: v[b] for k, v in target.items()})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
+    opt, sched = one_cycle_adam(net, lr, epochs * -(-n_train // batch_size))
+
+    def batch_loss(b: Tensor) -> Tensor:
+        return _loss(net(_augment(data.x[b], gen)), {k: v[b] for k, v in target.items()})
+
+    fit(net, batch_loss, epoch_batches(n_train, batch_size, epochs, gen), opt, sched)
     test = load_shapes(n_test, seed=seed, split="test")
     info = {"heldout_accuracy": cell_accuracy(read_cells(net, test.x), cell_targets(test.attributes)),
             "n_train": n_train, "epochs": epochs, "seed": seed, "n_test": n_test,
@@ -304,13 +294,5 @@ def get_judge(dataset: str, cache_dir: str | Path | None = None, **train: int) -
         raise ValueError(f"no adherence judge for dataset {dataset!r}; known: shapes, mnist")
     recipe = {**DEFAULT_TRAIN, **train}
     directory = cache_dir_for("adherence", cache_dir) / "shapes-{}-n{n_train}-e{epochs}-s{seed}".format(JUDGE_VERSION, **recipe)
-    if (directory / "info.json").exists():
-        try:
-            return ShapesJudge(*load_cached_net(ShapesNet, directory, JUDGE_VERSION))
-        except Exception as err:  # an unreadable cache is retrained rather than trusted
-            warnings.warn(f"adherence judge cache {directory} is unusable ({type(err).__name__}: {err}); retraining",
-                          stacklevel=2)
-    net, info = train_shapes_net(**recipe)
-    info = {**info, "config": net.config, "version": JUDGE_VERSION}
-    save_cached_net(net, info, directory)
-    return ShapesJudge(net, info)
+    return ShapesJudge(*cached_net(ShapesNet, directory, JUDGE_VERSION, lambda: train_shapes_net(**recipe),
+                                   "adherence judge"))

@@ -9,7 +9,6 @@ dataset, seeded, and caches it as ``model.safetensors`` + ``info.json``.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,8 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from ..checkpoint import cache_dir as cache_dir_for, load_cached_net, save_cached_net
+from ..fitting import epoch_batches, fit, one_cycle_adam, seeded_init
+from .cache import cached_net
 
 __all__ = ["FeatureNet", "train_feature_net", "get_feature_net", "extract_features", "predict_labels",
            "save_feature_net", "load_feature_net", "FEATURE_NET_VERSION"]
@@ -115,25 +116,12 @@ def train_feature_net(x: Tensor, labels: Tensor, num_classes: int, *, seed: int 
     x, labels = x.float().cpu(), labels.long().cpu()
     tr, ho = _split(labels, holdout, seed)
     x_tr, y_tr = x[tr], labels[tr]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = FeatureNet(x.shape[1], num_classes, x.shape[-1])
+    net = seeded_init(seed, lambda: FeatureNet(x.shape[1], num_classes, x.shape[-1]))
     gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = -(-len(tr) // batch_size)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    opt, sched = one_cycle_adam(net, lr, epochs * -(-len(tr) // batch_size))
     max_shift = x.shape[-1] // 16
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(tr), generator=gen)
-        for i in range(0, len(tr), batch_size):
-            b = perm[i:i + batch_size]
-            loss = F.cross_entropy(net(random_shift(x_tr[b], max_shift, gen)), y_tr[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
+    fit(net, lambda b: F.cross_entropy(net(random_shift(x_tr[b], max_shift, gen)), y_tr[b]),
+        epoch_batches(len(tr), batch_size, epochs, gen), opt, sched)
     info = {"train_accuracy": _accuracy(net, x_tr, y_tr), "heldout_accuracy": _accuracy(net, x[ho], labels[ho]),
             "epochs": epochs, "seed": seed, "num_train": len(tr), "num_heldout": len(ho),
             "seconds": time.perf_counter() - start}
@@ -183,16 +171,13 @@ def get_feature_net(dataset: str, cache_dir: str | Path | None = None) -> tuple[
     if dataset not in _EPOCHS:
         raise ValueError(f"no feature net for dataset {dataset!r}; known: {sorted(_EPOCHS)}")
     directory = cache_dir_for("featurenets", cache_dir) / f"{dataset}-{FEATURE_NET_VERSION}"
-    if (directory / "info.json").exists():
-        try:
-            return load_feature_net(directory)
-        except Exception as err:  # any unreadable cache is retrained rather than trusted
-            warnings.warn(f"feature-net cache {directory} is unusable ({type(err).__name__}: {err}); retraining",
-                          stacklevel=2)
+    return cached_net(FeatureNet, directory, FEATURE_NET_VERSION, lambda: _train_builtin(dataset), "feature-net")
+
+
+def _train_builtin(dataset: str) -> tuple[FeatureNet, dict]:
+    """Train the feature net of a built-in dataset with its recipe (``_EPOCHS``)."""
     from undiffuse.data import load_dataset  # imported here: the metrics do not need the data module
 
     data = load_dataset(dataset)
     net, info = train_feature_net(data.x, data.labels, data.num_classes, epochs=_EPOCHS[dataset])
-    info = {**info, "dataset": dataset}
-    save_feature_net(net, info, directory)
-    return net, {**info, "config": net.config, "version": FEATURE_NET_VERSION}
+    return net, {**info, "dataset": dataset}
