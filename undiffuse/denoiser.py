@@ -10,7 +10,10 @@ parameterization fits any sampler. Conversions follow DESIGN.md:
   ``x0 = (alpha xt - sigma v) / (alpha^2 + sigma^2)`` and ``eps = (sigma xt + alpha v) / (alpha^2 + sigma^2)``
   (for VP the denominators are 1);
 * edm: ``x0 = c_skip x~ + c_out F(c_in x~, c_noise)`` in the scaled variables ``x~ = xt / alpha``,
-  ``s = sigma / alpha`` (Karras et al. 2022, eq. 7 and Table 1).
+  ``s = sigma / alpha`` (Karras et al. 2022, eq. 7 and Table 1: ``preconditioning.EDMPrecond``).
+
+The network's time input for eps / x0 / v is ``preconditioning.noise_label(process, t)``, and for edm
+the EDM row's c_noise: both defined once, in ``undiffuse/preconditioning.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .preconditioning import EDMPrecond, noise_label
 from .processes.gaussian import GaussianProcess, bcast
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
@@ -76,17 +80,18 @@ class Denoiser(nn.Module):
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PARAMETERIZATIONS}")
         self.net, self.process, self.prediction = net, process, prediction
         self.sigma_data, self.learn_variance, self.clip_x0 = sigma_data, learn_variance, clip_x0
+        self.precond = EDMPrecond(sigma_data) if prediction == "edm" else None
 
     def forward(self, xt: Tensor, t: Tensor, cond=None) -> Prediction:
         t = torch.as_tensor(t, dtype=torch.float64, device=xt.device).expand(xt.shape[0])
         a, s = self.process.alpha_sigma(t)
         alpha, sigma = bcast(a, xt), bcast(s, xt)
         if self.prediction == "edm":
-            x0, eps, var = self._edm(xt, t, alpha, sigma, cond)
+            x0, eps, var = self._edm(xt, alpha, sigma, cond)
         else:
-            # Unit-variance input for any process: 1/sqrt(alpha^2 + sigma^2) is 1 for VP.
+            # VP's c_in (Table 1) written in x_t: unit-variance input for any process, 1 for VP.
             c_in = (alpha**2 + sigma**2).rsqrt()
-            out, var = self._run(c_in * xt, self.process.noise_label(t), cond)
+            out, var = self._run(c_in * xt, noise_label(self.process, t), cond)
             if self.prediction == "eps":
                 eps, x0 = out, x0_from_eps(xt, out, alpha, sigma)
             elif self.prediction == "x0":
@@ -98,18 +103,16 @@ class Denoiser(nn.Module):
             eps = eps_from_x0(xt, x0, alpha, sigma)
         return Prediction(x0, eps, var)
 
-    def _edm(self, xt, t, alpha, sigma, cond):
-        s, x_scaled, sd = sigma / alpha, xt / alpha, self.sigma_data
-        c_skip = sd**2 / (s**2 + sd**2)
-        c_out = s * sd / (s**2 + sd**2).sqrt()
-        c_in = 1 / (s**2 + sd**2).sqrt()
-        c_noise = torch.log((sigma / alpha).flatten(1)[:, 0]) / 4
-        out, var = self._run(c_in * x_scaled, c_noise, cond)
+    def _edm(self, xt: Tensor, alpha: Tensor, sigma: Tensor, cond):
+        """Karras et al. 2022, eq. 7 with Table 1's EDM row, in x~ = xt / alpha, s = sigma / alpha."""
+        s, x_scaled, pre = sigma / alpha, xt / alpha, self.precond
+        c_skip, c_out, c_in = pre.c_skip(s), pre.c_out(s), pre.c_in(s)
+        out, var = self._run(c_in * x_scaled, pre.c_noise(s.flatten(1)[:, 0]), cond)
         x0 = c_skip * x_scaled + c_out * out
         return x0, (x_scaled - x0) / s, var
 
-    def _run(self, x_in: Tensor, noise_label: Tensor, cond):
-        out = self.net(x_in, noise_label.to(torch.float32), cond).to(x_in.dtype)
+    def _run(self, x_in: Tensor, label: Tensor, cond):
+        out = self.net(x_in, label.to(torch.float32), cond).to(x_in.dtype)
         if not self.learn_variance:
             return out, None
         mean_part, v = out.chunk(2, dim=1)

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..preconditioning import noise_label
 from .schedules import alpha_bar_fn, discrete_betas
 
 __all__ = ["GaussianProcess", "DDPM", "VP", "VE", "EDM", "karras_sigmas", "bcast", "from_config", "make_process"]
@@ -30,6 +31,9 @@ class GaussianProcess:
     """Base class. Subclasses define ``alpha_sigma(t)``; everything else follows from it."""
 
     kind = "vp"  # "vp" or "ve": what the prior looks like
+    #: The row of Karras et al. 2022, Table 1 whose c_noise is the time input of eps / x0 / v
+    #: networks (``undiffuse.preconditioning``): 1000 t here.
+    label_row = "vp"
     #: Smallest t the training loss draws (continuous processes avoid sigma = 0 exactly).
     t_min = 1e-5
 
@@ -133,8 +137,9 @@ class GaussianProcess:
         return torch.where(sigma > 0, t, torch.zeros_like(t))
 
     def noise_label(self, t: Tensor) -> Tensor:
-        """What the network's time embedding sees: 1000 t (the DDPM convention)."""
-        return 1000 * torch.as_tensor(t)
+        """What the network's time embedding sees at level t: ``preconditioning.noise_label``, the
+        c_noise of the Table-1 row named by ``label_row`` (kept here for callers)."""
+        return noise_label(self, t)
 
     def config(self) -> dict:
         raise NotImplementedError
@@ -207,6 +212,7 @@ class VE(GaussianProcess):
     sigma(t) = sigma_min (sigma_max / sigma_min)^t for t > 0, sigma(0) = 0 (the data)."""
 
     kind = "ve"
+    label_row = "ve"  # ln sigma, floored at sigma_min (NCSN++, Song et al. 2021, appendix C)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not 0 < sigma_min < sigma_max:
@@ -223,10 +229,6 @@ class VE(GaussianProcess):
         t = torch.log(sigma.clamp_min(self.s_min) / self.s_min) / math.log(self.s_max / self.s_min)
         return torch.where(sigma > 0, t, torch.zeros_like(t))
 
-    def noise_label(self, t: Tensor) -> Tensor:
-        """NCSN++ conditions on log sigma (Song et al. 2021, appendix C)."""
-        return torch.log(self.sigma(t).clamp_min(self.s_min)).to(torch.as_tensor(t).dtype)
-
     def config(self) -> dict:
         return {"type": "ve", "sigma_min": self.s_min, "sigma_max": self.s_max}
 
@@ -237,6 +239,7 @@ class EDM(GaussianProcess):
     levels with ln sigma ~ N(P_mean, P_std^2) (Table 1)."""
 
     kind = "ve"
+    label_row = "edm"  # c_noise = ln(sigma) / 4 (Table 1)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                  p_mean: float = -1.2, p_std: float = 1.2):
@@ -260,10 +263,6 @@ class EDM(GaussianProcess):
         ln_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, device=device,
                                                           dtype=torch.float64)
         return self.t_from_sigma(ln_sigma.exp()).clamp_min(1e-6)
-
-    def noise_label(self, t: Tensor) -> Tensor:
-        """c_noise = ln(sigma) / 4 (Karras et al. 2022, Table 1)."""
-        return (torch.log(self.sigma(t).clamp_min(1e-12)) / 4).to(torch.as_tensor(t).dtype)
 
     def config(self) -> dict:
         return {"type": "edm", "sigma_min": self.s_min, "sigma_max": self.s_max, "rho": self.rho,

@@ -5,6 +5,12 @@ probability-flow ODE (None for samplers that do not solve it), whether it draws 
 network evaluations ``steps`` steps cost, the options it is registered with, and its paper.
 ``undiffuse samplers`` prints this table.
 
+Every sampler takes and returns x_t (``base.py``). The ODE/SDE samplers in sigma (``euler.py``: Euler,
+Euler-ancestral, Heun; ``dpm_solver.py``: DPM-Solver++ 2M/3M and their SDE variants; ``reference.py``)
+turn the denoiser once into Karras et al.'s ``D(x~, sigma)`` (``sigma.py``) and read like their
+papers; DDPM (``ancestral.py``), DDIM (``ddim.py``) and Langevin / predictor-corrector (``score.py``)
+step in x_t. Network preconditioning (Karras et al. 2022, Table 1) is ``undiffuse.preconditioning``.
+
 The Cold Diffusion samplers (Bansal et al. 2022: naive, improved, direct) restore a degraded image
 with a restorer ``R(x, t)``, a different signature: they live in ``undiffuse.cold.samplers``
 (``COLD_SAMPLERS``), not in ``SAMPLERS``; ``undiffuse samplers --cold`` lists them.

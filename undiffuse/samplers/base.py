@@ -7,10 +7,9 @@ decreasing levels to visit (``undiffuse.samplers.timesteps``). One network evalu
 step from ``ts[i]`` to ``ts[i + 1]``; if ``ts[-1] == 0`` the result is the denoised x0 estimate.
 ``callback`` receives ``{"i", "t", "x", "x0_hat"}`` before each step's update.
 
-Samplers derived from the probability-flow ODE work in the scaled variables of Karras et al. 2022
-(sec. 4): ``x~ = x / alpha(t)`` and ``s = sigma(t) / alpha(t)``, in which every Gaussian process is
-the variance-exploding one, ``x~ = x0 + s eps``, and the ODE is ``dx~/ds = eps_hat(x~, s)``.
-``scaled`` gives (alpha, s) at a level; the state handed between steps stays in x.
+The ODE samplers (Euler, Heun, DPM-Solver++, the reference solver) turn the denoiser once into
+Karras et al.'s ``D(x~, sigma)`` (``sigma.py``) and loop over sigmas; DDPM, DDIM and
+predictor-corrector step in x_t with ``run_steps``. ``scaled`` gives (alpha, sigma / alpha) at a level.
 """
 from __future__ import annotations
 
@@ -48,11 +47,6 @@ def scaled(process, t: Tensor) -> tuple[Tensor, Tensor]:
     """alpha(t) and s(t) = sigma(t) / alpha(t) (float64), the EDM variables (Karras et al. 2022, eq. 4)."""
     a, sig = process.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
     return a, sig / a
-
-
-def level_at(process, s: Tensor) -> Tensor:
-    """The level t at which sigma / alpha = s, capped at the process's largest level."""
-    return process.t_from_sigma(torch.as_tensor(s, dtype=torch.float64).clamp(max=process.sigma_max()))
 
 
 def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, pred: Prediction) -> None:

@@ -1,14 +1,15 @@
 """DPM-Solver++ multistep samplers (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and sec. 4-5).
 
-In the scaled variables x~ = x / alpha, s = sigma / alpha, with lambda = -log s (half the log-SNR)
-and D(lambda) = x0_hat, the family of reverse-time processes with marginals q_t
+On ``D(x~, sigma)`` (``sigma.to_sigma``: x~ = x / alpha, sigma = sigma_t / alpha), with
+lambda = -log sigma (half the log-SNR) and D(lambda) = x0_hat, the family of reverse-time processes
+with marginals q_t
 
-    dx~ = -(1 + eta) (x~ - D) dlambda + s sqrt(2 eta) dW      (eta = 0: the probability-flow ODE)
+    dx~ = -(1 + eta) (x~ - D) dlambda + sigma sqrt(2 eta) dW      (eta = 0: the probability-flow ODE)
 
-has the exact solution over a step lambda_t -> lambda_t + h, with h_eta = (1 + eta) h,
+has the exact solution over a step lambda_i -> lambda_i + h, with h_eta = (1 + eta) h,
 
-    x~_s = e^{-h_eta} x~_t + int_0^h (1 + eta) e^{(1 + eta)(u - h)} D(lambda_t + u) du
-           + s_s sqrt(1 - e^{-2 eta h}) z.
+    x~_{i+1} = e^{-h_eta} x~_i + int_0^h (1 + eta) e^{(1 + eta)(u - h)} D(lambda_i + u) du
+               + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z.
 
 The solvers replace D by the polynomial through the last k denoiser outputs (k = 1, 2, 3) and
 integrate it exactly (Lu et al. 2022, eq. 9 and the "2M" and "3M" multistep rules; Gonzalez et al.
@@ -21,9 +22,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..denoiser import Prediction
-from ..processes.gaussian import bcast
-from .base import Callback, DenoiserLike, check_ts, noise_like, run_steps, scaled
+from .base import Callback, DenoiserLike, check_ts, noise_like
+from .sigma import to_sigma
 
 
 def _weights(h: float, eta: float) -> tuple[float, float, float]:
@@ -57,7 +57,7 @@ def step_orders(process, ts: Tensor, order: int, lower_order_final: bool) -> lis
     orders = [min(order, i + 1) for i in range(n)]
     if float(ts[-1]) != 0:
         return orders
-    orders[-1] = 1  # x0_hat: the first-order step into s = 0 (``run_steps`` takes it)
+    orders[-1] = 1  # x0_hat: the first-order step into sigma = 0
     if not lower_order_final or n < 2:
         return orders
     at_t_min = float(ts[-2]) <= process.t_min * (1 + 1e-6)   # logsnr's bisection lands within 5e-8
@@ -69,41 +69,44 @@ def step_orders(process, ts: Tensor, order: int, lower_order_final: bool) -> lis
 
 def _multistep(denoiser: DenoiserLike, x: Tensor, ts: Tensor, cond, generator, callback, *,
                order: int, eta: float, midpoint: bool, lower_order_final: bool) -> Tensor:
+    """The multistep loop in (x~, sigma), lambda = -log sigma (Lu et al. 2022, Algorithm 2)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    process = denoiser.process
-    orders = iter(step_orders(process, ts, order, lower_order_final))
-    history: list[tuple[float, Tensor]] = []  # (lambda, x0_hat), newest first
-
-    def step(x: Tensor, t: Tensor, s: Tensor, pred: Prediction) -> Tensor:
-        (a_t, s_t), (a_s, s_s) = scaled(process, t), scaled(process, s)
-        lam_t, lam_s = -math.log(float(s_t)), -math.log(float(s_s))
-        h = lam_s - lam_t
-        history.insert(0, (lam_t, pred.x0))
-        del history[order:]
-        k = next(orders)
-        c0, c1, c2 = _weights(h, eta)
-        x_scaled = math.exp(-(1 + eta) * h) * (x / bcast(a_t, x)) + c0 * pred.x0
+    D, sigmas, x = to_sigma(denoiser, x, ts, cond, callback)
+    orders = step_orders(denoiser.process, D.ts, order, lower_order_final)
+    history: list[tuple[float, Tensor]] = []  # (lambda_j, D_j = x0_hat), newest first
+    for i, k in enumerate(orders):
+        denoised = D(x, sigmas[i], i).x0
+        if sigmas[i + 1] == 0:
+            return denoised                           # "denoise to zero"
+        lam, lam_next = -math.log(float(sigmas[i])), -math.log(float(sigmas[i + 1]))
+        h = lam_next - lam
+        history = [(lam, denoised)] + history[:order - 1]
+        c = _weights(h, eta)
+        x = math.exp(-(1 + eta) * h) * x + c[0] * denoised   # D constant: DPM-Solver++(1) = DDIM
         if k >= 2:
-            (_, d0), (lam_1, d1) = history[0], history[1]
-            h1 = lam_t - lam_1
-            f01 = (d0 - d1) / h1                      # divided difference D[lambda_t, lambda_1]
-            if midpoint:
-                # Lu et al. 2022, Algorithm 2: D = (1 + 1/(2r)) D_0 - 1/(2r) D_1, r = h_1 / h.
-                x_scaled = x_scaled + (0.5 * c0 * h) * f01
-            elif k == 2:
-                x_scaled = x_scaled + c1 * f01
-            else:
-                lam_2, d2 = history[2]
-                h2 = lam_1 - lam_2
-                f012 = (f01 - (d1 - d2) / h2) / (h1 + h2)
-                # D(u) ~ D_0 + (f01 + h1 f012) u + f012 u^2, integrated exactly.
-                x_scaled = x_scaled + c1 * (f01 + h1 * f012) + c2 * f012
+            x = x + _higher_order(history, k, h, c, midpoint)
         if eta > 0:
-            x_scaled = x_scaled + float(s_s) * math.sqrt(-math.expm1(-2 * eta * h)) * noise_like(x, generator)
-        return bcast(a_s, x) * x_scaled
+            x = x + float(sigmas[i + 1]) * math.sqrt(-math.expm1(-2 * eta * h)) * noise_like(x, generator)
+    return D.to_x(x, sigmas[-1])
 
-    return run_steps(denoiser, x, ts, cond, callback, step)
+
+def _higher_order(history: list[tuple[float, Tensor]], k: int, h: float, c: tuple[float, float, float],
+                  midpoint: bool) -> Tensor:
+    """The integral of D's polynomial part through the last k x0_hat (k = 2 or 3), D_0 newest."""
+    (lam_0, d0), (lam_1, d1) = history[0], history[1]
+    h1 = lam_0 - lam_1
+    f01 = (d0 - d1) / h1                      # divided difference D[lambda_0, lambda_1]
+    if midpoint:
+        # Lu et al. 2022, Algorithm 2: D = (1 + 1/(2r)) D_0 - 1/(2r) D_1, r = h_1 / h.
+        return (0.5 * c[0] * h) * f01
+    if k == 2:
+        return c[1] * f01
+    lam_2, d2 = history[2]
+    h2 = lam_1 - lam_2
+    f012 = (f01 - (d1 - d2) / h2) / (h1 + h2)
+    # D(u) ~ D_0 + (f01 + h1 f012) u + f012 u^2, integrated exactly.
+    return c[1] * (f01 + h1 * f012) + c[2] * f012
 
 
 @torch.no_grad()
