@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import read_json
 from ..data import TensorData, load_dataset
 from ..fitting import fit, random_batches, seeded_init
-from ..processes import is_cold
+from ..cold import is_cold
 from ..processes.gaussian import GaussianProcess, make_process
 from .model import NoisyClassifier, TimeClassifier, default_net_config, save_classifier
 
