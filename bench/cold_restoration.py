@@ -40,16 +40,16 @@ DOCS = Path("docs")
 #: sees a standardized input and predicts the residual x0 - x_t.
 RECIPE = dict(standardize_input=True, residual=True)
 RUNS: dict[str, dict] = {
-    "blur": dict(process="blur", data="mnist", steps=3500, **RECIPE),
+    "blur": dict(process="blur", data="mnist", max_train_steps=3500, **RECIPE),
     # The Gaussian reference for generation: the same net, optimiser and steps as "blur".
-    "ddpm": dict(process="ddpm:cosine:1000", data="mnist", steps=3500),
-    "mask": dict(process="mask", data="mnist", steps=1000, **RECIPE),
+    "ddpm": dict(process="ddpm:cosine:1000", data="mnist", max_train_steps=3500),
+    "mask": dict(process="mask", data="mnist", max_train_steps=1000, **RECIPE),
     # Also the second generating degradation: a mixture over the 4 x 4 block means of x_T.
-    "pixelate": dict(process="pixelate", data="mnist", steps=1500, **RECIPE),
-    "desaturate": dict(process="desaturate", data="photos", steps=400, **RECIPE),
-    "snow": dict(process="snow", data="photos", steps=150),
+    "pixelate": dict(process="pixelate", data="mnist", max_train_steps=1500, **RECIPE),
+    "desaturate": dict(process="desaturate", data="photos", max_train_steps=400, **RECIPE),
+    "snow": dict(process="snow", data="photos", max_train_steps=150),
     # Animorphosis: photo patches fade into digits (restored back to MNIST), T = 200.
-    "fade": dict(process="fade:source=photos", data="mnist", steps=1000, **RECIPE),
+    "fade": dict(process="fade:source=photos", data="mnist", max_train_steps=1000, **RECIPE),
 }
 PHOTO_ROWS, TRAIN_ROWS, HELD_FROM_ROW = 23, 15, 19  # patch rows per photo at stride 8; see above
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ROOT, DOCS = Path(args.root), Path(args.docs)
     if args.steps:
         for spec in RUNS.values():
-            spec["steps"] = args.steps
+            spec["max_train_steps"] = args.steps
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.runs or list(RUNS)

@@ -51,7 +51,7 @@ def config(name: str, steps: int):
     from undiffuse.config import preset
 
     spec = {**BASE, **ROWS[name]}
-    return preset("mnist").updated(class_conditional=False, out=str(ROOT / name), steps=steps,
+    return preset("mnist").updated(class_conditional=False, out=str(ROOT / name), max_train_steps=steps,
                                    sample_every=0, checkpoint_every=50, num_samples=16, **spec)
 
 

@@ -39,7 +39,7 @@ def train(steps: int) -> None:
     from undiffuse.trainer import Trainer
 
     cfg = preset("mnist").updated(process="gaussian", data="mnist", class_conditional=False, out=str(ROOT),
-                                  steps=steps, sample_every=0, checkpoint_every=250, num_samples=16)
+                                  max_train_steps=steps, sample_every=0, checkpoint_every=250, num_samples=16)
     trainer = Trainer(cfg, data=splits("mnist")[0])
     trainer.resume()
     trainer.fit()

@@ -71,7 +71,7 @@ def main() -> None:
     print(f"{'candidate':10s} {'steps':>6s} {'img/s':>6s} {'loss':>7s}  " +
           "  ".join(f"FID(w={g}) acc(w={g})" for g in args.guidance.split(",")))
     for name in args.candidates.split(","):
-        cfg = preset("mnist").updated(out=f"{args.out}/{name}", steps=args.train_steps or 10**6,
+        cfg = preset("mnist").updated(out=f"{args.out}/{name}", max_train_steps=args.train_steps or 10**6,
                                       max_minutes=args.minutes,
                                       sample_every=0, checkpoint_every=10**6, log_every=50,
                                       **CANDIDATES[name])

@@ -8,7 +8,28 @@ import pytest
 import torch
 
 from undiffuse.config import TrainConfig
+from undiffuse.data import TensorData, load_dataset
 from undiffuse.trainer import Trainer
+
+
+def run_cfg(out: Path, **changes) -> TrainConfig:
+    """4 steps of the tiny U-Net on 8x8 digits, checkpoints at steps 2 and 4."""
+    return TrainConfig(data="digits", net="tiny", max_train_steps=4, batch_size=8, lr=2e-3, warmup_steps=2,
+                       out=str(out), log_every=1, checkpoint_every=2, sample_every=0, num_samples=4,
+                       sample_steps=2, bf16=False).updated(**changes)
+
+
+@pytest.fixture(scope="module")
+def data() -> TensorData:
+    return load_dataset("digits", n=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data) -> Path:
+    """A finished run of ``run_cfg`` (4 steps), for tests to copy."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    Trainer(run_cfg(out), data=data).fit(progress=False)
+    return out
 
 
 class Crash(Exception):

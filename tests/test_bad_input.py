@@ -29,7 +29,7 @@ from undiffuse.trainer import Trainer
 
 from helpers_cli import assert_clean_error
 
-TINY = ["--preset", "digits", "--net", "tiny", "--steps", "2", "--batch-size", "8", "--num-samples", "4",
+TINY = ["--preset", "digits", "--net", "tiny", "--max-train-steps", "2", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "2"]
 CKPT = Path("checkpoints") / "step-00000002"
 
@@ -58,7 +58,7 @@ def _sample(run: Path, tmp_path: Path, *args: str) -> int:
 
 
 def _resume(run: Path) -> int:
-    return main(["train", *TINY, "--steps", "3", "--resume", "--out", str(run)])
+    return main(["train", *TINY, "--max-train-steps", "3", "--resume", "--out", str(run)])
 
 
 # --- training settings: refused before any work ------------------------------------------------------------
@@ -87,7 +87,7 @@ def test_bad_training_settings_are_refused_before_training(tmp_path, capsys, fla
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("steps", True, "steps must be int, got True"),
+    ("max_train_steps", True, "max_train_steps must be int, got True"),
     ("lr", "0.1", "lr must be float, got '0.1'"),
     ("net", 3, "net must be str or dict, got 3"),
     ("max_minutes", float("nan"), "max_minutes (--max-minutes) must be a finite number"),
@@ -203,7 +203,7 @@ def test_eval_refuses_nan_weights(run, tmp_path, capsys):
 
 
 def test_training_grids_refuse_nan_weights(tmp_path):
-    cfg = TrainConfig(data="digits", net="tiny", steps=1, batch_size=8, num_samples=4, sample_steps=2,
+    cfg = TrainConfig(data="digits", net="tiny", max_train_steps=1, batch_size=8, num_samples=4, sample_steps=2,
                       out=str(tmp_path / "run"))
     trainer = Trainer(cfg)
     with torch.no_grad():
@@ -231,7 +231,7 @@ def test_image_folder_smaller_than_the_batch_is_refused(tmp_path, capsys):
     for i in range(5):
         Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    code = main(["train", "--data", str(folder), "--image-size", "8", "--net", "tiny", "--steps", "2",
+    code = main(["train", "--data", str(folder), "--image-size", "8", "--net", "tiny", "--max-train-steps", "2",
                  "--out", str(out)])
     assert_clean_error(code, capsys.readouterr().err, "has 5 images, fewer than --batch-size 64",
                        "--batch-size 5 or less")
@@ -245,7 +245,8 @@ def test_mlp_on_images_is_refused(tmp_path, capsys):
 
 
 def test_unet_on_points_is_refused(tmp_path, capsys):
-    code = main(["train", "--preset", "toy2d", "--net", "tiny", "--steps", "2", "--out", str(tmp_path / "run")])
+    code = main(["train", "--preset", "toy2d", "--net", "tiny", "--max-train-steps", "2",
+                 "--out", str(tmp_path / "run")])
     assert_clean_error(code, capsys.readouterr().err, "--net tiny is a U-Net for images", "2-D points",
                        "--net mlp")
 

@@ -38,7 +38,7 @@ def digits(n: int = 128) -> TensorData:
 
 def image_cfg(out: Path, **changes) -> TrainConfig:
     """A class-conditional tiny U-Net run on 8x8 digits: a few steps take a fraction of a second."""
-    cfg = TrainConfig(data="digits", net="tiny", steps=8, batch_size=8, lr=2e-3, warmup_steps=2,
+    cfg = TrainConfig(data="digits", net="tiny", max_train_steps=8, batch_size=8, lr=2e-3, warmup_steps=2,
                       out=str(out), log_every=1, checkpoint_every=2, sample_every=0, num_samples=4,
                       sample_steps=2)
     return cfg.updated(**changes)
@@ -144,10 +144,10 @@ def test_rng_and_optimizer_state_are_checkpointed(trained_run):
 def resume_cfg(out: Path, **changes) -> TrainConfig:
     # Dropout in the U-Net (torch's global RNG) and label dropout (the trainer's generator) make
     # every step depend on both RNG states; tuples in the net dict as in UNET_PRESETS (config.json
-    # stores lists); cosine decay makes the lr depend on cfg.steps; grids every 2 steps check that
+    # stores lists); cosine decay makes the lr depend on cfg.max_train_steps; grids every 2 steps check that
     # sampling mid-run leaves the RNG alone. bf16 off: exact float32 arithmetic on CPU.
     net = {"type": "unet", **UNET_PRESETS["tiny"], "attn_resolutions": (4,), "dropout": 0.1}
-    return image_cfg(out, net=net, label_dropout=0.3, bf16=False, lr_schedule="cosine", steps=8,
+    return image_cfg(out, net=net, label_dropout=0.3, bf16=False, lr_schedule="cosine", max_train_steps=8,
                      checkpoint_every=4, sample_every=2).updated(**changes)
 
 
@@ -176,7 +176,7 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
 
 def test_resume_refuses_changed_settings_and_allows_new_stopping_points(tmp_path):
     data = digits(64)
-    cfg = resume_cfg(tmp_path, steps=4, sample_every=0)
+    cfg = resume_cfg(tmp_path, max_train_steps=4, sample_every=0)
     with pytest.warns(RuntimeWarning, match="nothing to resume"):
         assert not Trainer(cfg, data=data).resume()  # nothing to resume yet
     Trainer(cfg, data=data).fit(progress=False)
@@ -185,7 +185,7 @@ def test_resume_refuses_changed_settings_and_allows_new_stopping_points(tmp_path
     with pytest.raises(ValueError, match=r"\(label_dropout, seed\)"):
         Trainer(cfg.updated(seed=1, label_dropout=0.2), data=data).resume()
     # When to stop and what to write may change: continue to 6 steps with other grids.
-    longer = Trainer(cfg.updated(steps=6, sample_steps=3, log_every=2), data=data)
+    longer = Trainer(cfg.updated(max_train_steps=6, sample_steps=3, log_every=2), data=data)
     assert longer.resume() and longer.step == 4
     longer.fit(progress=False)
     assert longer.step == 6 and latest_checkpoint(tmp_path).name == "step-00000006"
@@ -195,16 +195,16 @@ def test_resume_refuses_a_changed_network(tmp_path):
     # A preset that gains a parameter-free setting (as text-small gained cross_attn_positions) would
     # load the old weights without complaint: resume must compare the architecture too.
     data = digits(64)
-    cfg = resume_cfg(tmp_path, steps=2, sample_every=0)
+    cfg = resume_cfg(tmp_path, max_train_steps=2, sample_every=0)
     Trainer(cfg, data=data).fit(progress=False)
     config = json.loads((tmp_path / "config.json").read_text())
     config["net"].pop("cross_attn_positions")  # an older config: the missing key means the default
     (tmp_path / "config.json").write_text(json.dumps(config))
-    assert Trainer(cfg.updated(steps=3), data=data).resume()
+    assert Trainer(cfg.updated(max_train_steps=3), data=data).resume()
     config["net"]["dropout"] = 0.3  # no parameters either: the weights alone would not tell
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"network differs.*dropout: saved 0.3, now 0.1"):
-        Trainer(cfg.updated(steps=3), data=data).resume()
+        Trainer(cfg.updated(max_train_steps=3), data=data).resume()
 
 
 # --- 3. atomic checkpoints --------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_fresh_run_into_an_old_run_directory_keeps_its_own_checkpoint(resumed_co
     # clean-up, deleting the checkpoint just written and leaving `latest` dangling. (fit now refuses
     # such a directory, test_run_safety.py; saving step by step reaches the clean-up all the same.)
     run = resumed_copy.run_dir
-    fresh = Trainer(resumed_copy.cfg.updated(steps=2), data=resumed_copy.data)
+    fresh = Trainer(resumed_copy.cfg.updated(max_train_steps=2), data=resumed_copy.data)
     for _ in range(2):
         fresh.train_step()
     fresh.save()
@@ -308,7 +308,7 @@ def test_fresh_run_into_an_old_run_directory_keeps_its_own_checkpoint(resumed_co
 def test_nan_loss_raises_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data = digits(64)
     data = TensorData(data.x.clone(), data.labels, data.num_classes, data.name, data.class_names)
-    trainer = Trainer(image_cfg(tmp_path, steps=10, checkpoint_every=2), data=data)
+    trainer = Trainer(image_cfg(tmp_path, max_train_steps=10, checkpoint_every=2), data=data)
 
     def poison_after_step_4(trainer, record):
         if record["step"] == 4:
@@ -327,7 +327,7 @@ def test_nan_loss_raises_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_huge_learning_rate_is_caught_as_non_finite_loss(tmp_path):
-    cfg = image_cfg(tmp_path, lr=1e30, warmup_steps=0, steps=20, checkpoint_every=100, bf16=False)
+    cfg = image_cfg(tmp_path, lr=1e30, warmup_steps=0, max_train_steps=20, checkpoint_every=100, bf16=False)
     trainer = Trainer(cfg, data=digits(64))
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step \d+"):
         trainer.fit(progress=False)

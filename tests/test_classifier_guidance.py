@@ -202,7 +202,7 @@ def test_cli_trains_into_the_run_directory(tmp_path, capsys):
         "data": {"shape": [1, 8, 8]}, "process": {"type": "ddpm", "num_steps": 100, "schedule": "cosine"}}))
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-classifier", "--run", str(run), "--steps", "3", "--batch-size", "8"])
+    args = parser.parse_args(["train-classifier", "--run", str(run), "--max-train-steps", "3", "--batch-size", "8"])
     assert cmd_train_classifier(args) == 0
     assert "held-out accuracy" in capsys.readouterr().out
     clf = load_classifier(run / "classifier")

@@ -25,7 +25,7 @@ from undiffuse.viz import save_grid
 
 from helpers_cli import assert_clean_error, assert_png
 
-TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
+TINY = ["--preset", "digits", "--net", "tiny", "--max-train-steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "2"]
 
 
@@ -53,8 +53,8 @@ def cli_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command, flags", [
-    ("train", ["--preset", "--resume", "--data", "--net", "--steps", "--batch-size", "--lr", "--out",
-               "--seed", "--sampler", "--bf16", "--no-bf16", "--max-minutes", "--guidance"]),
+    ("train", ["--preset", "--resume", "--data", "--net", "--max-train-steps", "--steps", "--batch-size", "--lr",
+               "--out", "--seed", "--sampler", "--bf16", "--no-bf16", "--max-minutes", "--guidance"]),
     ("sample", ["--run", "--sampler", "--num-inference-steps", "--n", "--seed", "--class", "--out", "--trajectory",
                 "--eta", "--guidance", "--spacing"]),
 ])
@@ -73,7 +73,7 @@ def test_train_writes_a_complete_run_directory(cli_run):
     run = cli_run
     config = json.loads((run / "config.json").read_text())
     train = config["train"]
-    assert (train["data"], train["net"], train["steps"], train["batch_size"]) == ("digits", "tiny", 4, 8)
+    assert (train["data"], train["net"], train["max_train_steps"], train["batch_size"]) == ("digits", "tiny", 4, 8)
     assert (train["num_samples"], train["sample_steps"]) == (4, 2)
     assert config["data"]["shape"] == [1, 8, 8] and config["data"]["num_classes"] == 10
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000004"
@@ -100,7 +100,7 @@ def class_run(tmp_path_factory) -> Path:
     """A 40-step tiny digits run (trained in-process, ~1 s): long enough that the class label changes
     the 8-bit samples (after cli_run's 4 steps every class gives the same PNG)."""
     out = tmp_path_factory.mktemp("class") / "run"
-    cfg = preset("digits").updated(net="tiny", steps=40, batch_size=8, num_samples=4, sample_steps=2,
+    cfg = preset("digits").updated(net="tiny", max_train_steps=40, batch_size=8, num_samples=4, sample_steps=2,
                                    out=str(out), bf16=False)
     Trainer(cfg).fit(progress=False)
     return out
@@ -153,7 +153,7 @@ def test_samplers_listing_and_every_sampler_from_the_cli(cli_run, tmp_path):
     assert set(rows) == set(SAMPLERS)
     assert "2 N - 1" in rows["heun"] and "Algorithm 1" in rows["heun"] and " 3 " in rows["dpmpp_3m"]
     result = run_cli("sample", "--run", str(cli_run), "--n", "4", "--num-inference-steps", "4", "--sampler", "heun_sde",
-                     "--schedule", "logsnr", "--option", "s_churn=10", "--out", "h.png", cwd=tmp_path)
+                     "--spacing", "logsnr", "--option", "s_churn=10", "--out", "h.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / "h.png")
 
@@ -230,7 +230,7 @@ def test_train_resume_continues_and_refuses_changed_settings(cli_run, tmp_path, 
     shutil.copytree(cli_run, run)
     code = main(["train", *TINY, "--lr", "5e-3", "--resume", "--out", str(run)])
     assert_clean_error(code, capsys.readouterr().err, "settings differ", "(lr)")
-    assert main(["train", *TINY, "--steps", "6", "--resume", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--max-train-steps", "6", "--resume", "--out", str(run)]) == 0
     assert f"resumed {run} at step 4" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [4, 6]  # the digits preset logs every 25 steps, and always the last one
@@ -239,7 +239,7 @@ def test_train_resume_continues_and_refuses_changed_settings(cli_run, tmp_path, 
 
 def test_toy2d_train_and_sample_draw_scatter_plots(tmp_path, capsys):
     run = tmp_path / "toy"
-    assert main(["train", "--preset", "toy2d", "--steps", "3", "--num-samples", "50", "--sample-steps", "2",
+    assert main(["train", "--preset", "toy2d", "--max-train-steps", "3", "--num-samples", "50", "--sample-steps", "2",
                  "--out", str(run)]) == 0
     assert_png(run / "samples" / "final.png")
     assert_png(run / "samples" / "loss.png")

@@ -183,7 +183,7 @@ def test_standardized_run_saves_loads_and_resumes(tmp_path):
     x = (torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.8).float() * 2 - 1
     data = TensorData(x, None, None, name="strokes")
     cfg = TrainConfig(process="blur:T=4", net="tiny", standardize_input=True, residual=True, bf16=False,
-                      class_conditional=False, steps=2, batch_size=4, sample_every=0, num_samples=2,
+                      class_conditional=False, max_train_steps=2, batch_size=4, sample_every=0, num_samples=2,
                       out=str(tmp_path / "run"))
     trainer = Trainer(cfg, data=data)
     trainer.resume()
@@ -192,7 +192,7 @@ def test_standardized_run_saves_loads_and_resumes(tmp_path):
     assert pipe.restorer.standardize and pipe.restorer.net.config["in_channels"] == 3
     restored = pipe.restore(x[:2])
     torch.testing.assert_close(restored, load(tmp_path / "run").restore(x[:2]))
-    again = Trainer(cfg.updated(steps=3), data=data)
+    again = Trainer(cfg.updated(max_train_steps=3), data=data)
     assert again.resume() and again.step == 2
 
 

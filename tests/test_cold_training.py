@@ -34,7 +34,7 @@ from undiffuse.trainer import Trainer
 from helpers_cli import assert_clean_error, assert_png
 from helpers_resume import straight_and_resumed
 
-TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
+TINY = ["--preset", "digits", "--net", "tiny", "--max-train-steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "3", "--no-bf16"]
 #: Small T, so sampling a tiny run takes a fraction of a second.
 SPECS = {"blur": "blur:T=5:k=3:sigma=1", "mask": "mask:T=8:fill=random", "pixelate": "pixelate:T=3"}
@@ -112,7 +112,7 @@ def test_load_gives_a_cold_pipeline_that_samples_and_restores(cold_runs, digits)
                                          ("fade:T=4:source=digits", []), ("gaussian:T=4", [])])
 def test_cli_trains_and_samples_every_other_degradation(tmp_path, capsys, digits, spec, extra):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--steps", "2", "--process", spec, *extra, "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--max-train-steps", "2", "--process", spec, *extra, "--out", str(run)]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and all(r["loss"] > 0 for r in log)
     assert main(["sample", "--run", str(run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
@@ -157,10 +157,10 @@ def test_tiny_blur_model_restores_better_than_the_blurred_input(tmp_path, digits
     perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
     train, test = digits.select(perm[:1500]), digits.x[perm[1500:1700]]
     cfg = TrainConfig(data="digits", net="tiny", process="blur:T=4:k=3:sigma=1", class_conditional=False,
-                      residual=True, steps=200, batch_size=32, lr=3e-3, warmup_steps=10, ema_decay=0.98,
+                      residual=True, max_train_steps=200, batch_size=32, lr=3e-3, warmup_steps=10, ema_decay=0.98,
                       bf16=False, out=str(tmp_path), sample_every=0)
     trainer = Trainer(cfg, data=train)
-    for _ in range(cfg.steps):
+    for _ in range(cfg.max_train_steps):
         trainer.train_step()
     pipe = trainer.pipeline()
     x_t = pipe.degrade(test, 4)
@@ -178,7 +178,7 @@ def resume_cfg(out: Path) -> TrainConfig:
     # A random degradation (mask centres and fill colours come from the generator), label dropout,
     # network dropout (torch's global RNG) and grids every 2 steps (which must leave every RNG alone).
     net = {"type": "unet", **UNET_PRESETS["tiny"], "attn_resolutions": (4,), "dropout": 0.1}
-    return TrainConfig(data="digits", net=net, process="mask:T=6:fill=random", steps=8, batch_size=8,
+    return TrainConfig(data="digits", net=net, process="mask:T=6:fill=random", max_train_steps=8, batch_size=8,
                        lr=2e-3, warmup_steps=2, label_dropout=0.3, bf16=False, out=str(out), log_every=1,
                        checkpoint_every=4, sample_every=2, num_samples=4, sample_steps=3)
 
@@ -242,5 +242,5 @@ def test_cold_samplers_on_a_gaussian_run_and_bad_ladders_are_clear_errors(tmp_pa
 
 
 def test_train_classifier_refuses_a_cold_run(cold_runs, capsys):
-    code = main(["train-classifier", "--run", str(cold_runs["blur"]), "--steps", "1"])
+    code = main(["train-classifier", "--run", str(cold_runs["blur"]), "--max-train-steps", "1"])
     assert_clean_error(code, capsys.readouterr().err, "cold-diffusion run", "Gaussian")

@@ -117,13 +117,13 @@ def compare(run_a: Path, a: dict, b: dict) -> dict[str, float]:
 def runs(tmp_path_factory) -> Path:
     """One process, 6 steps, checkpoints at 3 and 6: the reference."""
     root = tmp_path_factory.mktemp("ddp")
-    train(1, root / "one", "--steps", "6")
+    train(1, root / "one", "--max-train-steps", "6")
     return root
 
 
 def test_two_processes_equal_one_and_resume_in_one(runs):
     two = runs / "two"
-    result = train(2, two, "--steps", "3")
+    result = train(2, two, "--max-train-steps", "3")
     assert "DDP: 2 processes (gloo, cpu), 4 images per process, global batch 8" in result.stdout
     assert result.stdout.count("trained 3 steps") == 1  # rank 0 alone reports
     # Rank 0 alone writes: one log record per step.
@@ -137,7 +137,7 @@ def test_two_processes_equal_one_and_resume_in_one(runs):
     assert torch.isfinite(pipe.sample(2, num_inference_steps=2, class_labels=[0, 1])).all()
 
     # 2 -> 1: three more steps in one process end where the uninterrupted run ends.
-    result = train(1, two, "--steps", "6", "--resume")
+    result = train(1, two, "--max-train-steps", "6", "--resume")
     assert "resumed" in result.stdout and "at step 3" in result.stdout
     compare(runs / "one", checkpoint(runs / "one", 6), checkpoint(two))
 
@@ -148,12 +148,12 @@ def test_one_process_checkpoint_resumes_in_two(runs):
     shutil.copytree(runs / "one", run)
     shutil.rmtree(run / "checkpoints" / "step-00000006")
     (run / "checkpoints" / "latest").write_text("step-00000003\n")
-    train(2, run, "--steps", "6", "--resume")
+    train(2, run, "--max-train-steps", "6", "--resume")
     compare(runs / "one", checkpoint(runs / "one", 6), checkpoint(run))
 
 
 def test_batch_size_must_split_over_the_processes(tmp_path):
-    result = launch(2, *ARGS, "--steps", "1", "--batch-size", "7", "--out", "run", cwd=tmp_path)
+    result = launch(2, *ARGS, "--max-train-steps", "1", "--batch-size", "7", "--out", "run", cwd=tmp_path)
     assert result.returncode != 0
     assert "error: batch_size 7 does not split over 2 processes" in result.stderr
     assert "--batch-size 8" in result.stderr  # the fix

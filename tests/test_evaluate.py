@@ -25,7 +25,7 @@ def digits_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     mp = pytest.MonkeyPatch()
     mp.setenv("UNDIFFUSE_CACHE", str(root / "cache"))
-    cfg = preset("digits").updated(net="tiny", steps=30, batch_size=32, num_samples=10,
+    cfg = preset("digits").updated(net="tiny", max_train_steps=30, batch_size=32, num_samples=10,
                                    sample_steps=2, out=str(root / "run"), bf16=False)
     Trainer(cfg).fit(progress=False)
     yield root / "run"

@@ -169,7 +169,7 @@ def test_compiled_equals_eager():
 def tiny_run(out, **changes) -> tuple[TrainConfig, TensorData]:
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.rand(32, 1, 16, 16, generator=g) * 2 - 1, torch.arange(32) % 10, 10, "fake")
-    cfg = TrainConfig(data="fake", net=dict(SMALL), steps=2, batch_size=8, bf16=False, out=str(out),
+    cfg = TrainConfig(data="fake", net=dict(SMALL), max_train_steps=2, batch_size=8, bf16=False, out=str(out),
                       sample_every=0, checkpoint_every=100, num_samples=4, sample_steps=2, warmup_steps=1)
     return cfg.updated(**changes), data
 
@@ -177,10 +177,10 @@ def tiny_run(out, **changes) -> tuple[TrainConfig, TensorData]:
 def test_compile_flag_on_the_command_line():
     import argparse
 
-    from undiffuse.cli import _add_train
+    from undiffuse.cli_flags import add_train_parser
 
     parser = argparse.ArgumentParser()
-    _add_train(parser.add_subparsers(dest="command"))
+    add_train_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["train", "--no-compile"]).compile is False
     assert parser.parse_args(["train", "--compile"]).compile is True
     assert parser.parse_args(["train"]).compile is None  # the preset's value (TrainConfig.compile)

@@ -18,7 +18,7 @@ from undiffuse.pipeline import SampleResult
 @pytest.fixture(scope="module")
 def digits_pipe(tmp_path_factory) -> Pipeline:
     out = tmp_path_factory.mktemp("digits")
-    cfg = TrainConfig(data="digits", net="tiny", steps=6, batch_size=16, lr=2e-3, warmup_steps=1,
+    cfg = TrainConfig(data="digits", net="tiny", max_train_steps=6, batch_size=16, lr=2e-3, warmup_steps=1,
                       sample_every=0, num_samples=4, sample_steps=2, out=str(out))
     return undiffuse.train(cfg, progress=False)
 
@@ -27,7 +27,7 @@ def digits_pipe(tmp_path_factory) -> Pipeline:
 def toy_pipe(tmp_path_factory) -> Pipeline:
     out = tmp_path_factory.mktemp("toy")
     return undiffuse.train(undiffuse.preset("toy2d"), progress=False, net={"type": "mlp", "hidden": 32,
-                           "num_blocks": 1}, steps=5, num_samples=32, sample_steps=2, out=str(out))
+                           "num_blocks": 1}, max_train_steps=5, num_samples=32, sample_steps=2, out=str(out))
 
 
 def test_undiffuse_train_stays_callable_after_the_train_module_is_imported():
@@ -143,10 +143,10 @@ def test_load_errors(tmp_path, digits_pipe):
 
 
 def test_train_with_resume_continues_the_run(tmp_path):
-    cfg = undiffuse.preset("toy2d").updated(net={"type": "mlp", "hidden": 32, "num_blocks": 1}, steps=3,
+    cfg = undiffuse.preset("toy2d").updated(net={"type": "mlp", "hidden": 32, "num_blocks": 1}, max_train_steps=3,
                                             num_samples=16, sample_steps=2, out=str(tmp_path), log_every=1)
     undiffuse.train(cfg, progress=False)
-    pipe = undiffuse.train(cfg, resume=True, progress=False, steps=5)
+    pipe = undiffuse.train(cfg, resume=True, progress=False, max_train_steps=5)
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000005"

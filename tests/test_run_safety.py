@@ -24,39 +24,21 @@ from undiffuse import checkpoint as checkpoint_module
 from undiffuse.checkpoint import CHECKPOINT_FILES, is_complete, latest_checkpoint, load_weights
 from undiffuse.cli import main
 from undiffuse.config import TrainConfig
-from undiffuse.data import TensorData, load_dataset
+from undiffuse.data import TensorData
 from undiffuse.rundir import RunExistsError, append_log
 from undiffuse.trainer import NonFiniteLossError, Trainer
 
 from helpers_cli import assert_clean_error
+from helpers_resume import data, finished, run_cfg  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "digits", "--net", "tiny", "--steps", "4", "--batch-size", "8", "--num-samples", "4",
+TINY = ["--preset", "digits", "--net", "tiny", "--max-train-steps", "4", "--batch-size", "8", "--num-samples", "4",
         "--sample-steps", "2"]
 S2, S4 = "step-00000002", "step-00000004"
 
 
 class Killed(BaseException):
     """Stands in for a kill: a BaseException, so no `except Exception` clean-up runs."""
-
-
-def run_cfg(out: Path, **changes) -> TrainConfig:
-    """4 steps of the tiny U-Net on 8x8 digits, checkpoints at steps 2 and 4."""
-    return TrainConfig(data="digits", net="tiny", steps=4, batch_size=8, lr=2e-3, warmup_steps=2,
-                       out=str(out), log_every=1, checkpoint_every=2, sample_every=0, num_samples=4,
-                       sample_steps=2, bf16=False).updated(**changes)
-
-
-@pytest.fixture(scope="module")
-def data() -> TensorData:
-    return load_dataset("digits", n=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    Trainer(run_cfg(out), data=data).fit(progress=False)
-    return out
 
 
 @pytest.fixture
@@ -123,7 +105,7 @@ def test_overwrite_deletes_the_old_run_and_starts_over(run, data):
     (run / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="--resume continues.*--overwrite deletes it: pass one of them"):
         Trainer(run_cfg(run), data=data, overwrite=True).resume()
-    fresh = Trainer(run_cfg(run, steps=2), data=data, overwrite=True)
+    fresh = Trainer(run_cfg(run, max_train_steps=2), data=data, overwrite=True)
     fresh.fit(progress=False)
     assert sorted(os.listdir(run / "checkpoints")) == ["latest", S2]
     assert [line.count('"step": ') for line in (run / "log.jsonl").read_text().splitlines()] == [1, 1]
@@ -143,7 +125,7 @@ def test_cli_refuses_to_train_into_a_run_and_overwrite_starts_over(tmp_path, cap
     assert_clean_error(main(["train", *TINY, "--resume", "--overwrite", "--out", str(out)]),
                        capsys.readouterr().err, "pass one of them")
     assert digest(out / "checkpoints") == before
-    assert main(["train", *TINY, "--steps", "2", "--overwrite", "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--max-train-steps", "2", "--overwrite", "--out", str(out)]) == 0
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", S2]
 
 
@@ -214,18 +196,18 @@ def test_a_kill_while_saving_a_step_again_is_recovered(run, data, monkeypatch, k
 
 def test_resume_after_a_kill_between_rename_and_latest_matches_an_uninterrupted_run(tmp_path, data,
                                                                                      monkeypatch):
-    straight = Trainer(run_cfg(tmp_path / "straight", steps=6), data=data)
+    straight = Trainer(run_cfg(tmp_path / "straight", max_train_steps=6), data=data)
     straight.fit(progress=False)
     run, root = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
     # The save of step 4 renames step-00000004 in, and is killed before `latest` moves to it.
     kill_when(monkeypatch, checkpoint_module.os, "replace",
               lambda src, dst: Path(dst) == root / "latest" and (root / S4).exists())
     with pytest.raises(Killed):
-        Trainer(run_cfg(run, steps=6), data=data).fit(progress=False)
+        Trainer(run_cfg(run, max_train_steps=6), data=data).fit(progress=False)
     monkeypatch.undo()
     assert (root / "latest").read_text().strip() == S2 and is_complete(root / S4)
 
-    resumed = Trainer(run_cfg(run, steps=6), data=data)
+    resumed = Trainer(run_cfg(run, max_train_steps=6), data=data)
     with pytest.warns(RuntimeWarning, match="removed 1 temporary"):  # the kill's .latest.* file
         assert resumed.resume() and resumed.step == 2  # `latest` decides: step 4 is trained again
     resumed.fit(progress=False)  # saves step 4 over the killed run's copy, then step 6
@@ -302,11 +284,11 @@ def test_checkpoint_files_and_folder_reach_the_disk_before_latest_moves(tmp_path
 def test_resume_with_nothing_to_resume_warns_and_trains_from_step_0(tmp_path, data, capsys):
     out = tmp_path / "run"
     with pytest.warns(RuntimeWarning, match=r"nothing to resume in .*run \(no checkpoint.*step 0"):
-        assert main(["train", *TINY, "--steps", "2", "--resume", "--out", str(out)]) == 0
+        assert main(["train", *TINY, "--max-train-steps", "2", "--resume", "--out", str(out)]) == 0
     assert "resumed" not in capsys.readouterr().out and latest_checkpoint(out).name == S2
     shutil.rmtree(out / "checkpoints")  # as if killed before its first checkpoint
     with pytest.warns(RuntimeWarning, match="nothing to resume"):
-        pipe = undiffuse.train(run_cfg(out, steps=2), resume=True, progress=False)
+        pipe = undiffuse.train(run_cfg(out, max_train_steps=2), resume=True, progress=False)
     assert pipe.run_dir == out and latest_checkpoint(out).name == S2
 
 
@@ -360,10 +342,10 @@ def test_training_never_writes_through_a_symbolic_link(run, data, capsys, name):
     link.symlink_to(outside)
     before = digest(run.parent / "outside") if outside.is_dir() else outside.read_text()
     with pytest.raises(ValueError, match=f"{name} is a symbolic link.*writes only inside"):
-        Trainer(run_cfg(run, steps=6), data=data).resume()
+        Trainer(run_cfg(run, max_train_steps=6), data=data).resume()
     with pytest.raises(ValueError, match="is a symbolic link"):
-        Trainer(run_cfg(run, steps=6), data=data, overwrite=True).fit(progress=False)
-    code = main(["train", *TINY, "--steps", "6", "--resume", "--out", str(run)])
+        Trainer(run_cfg(run, max_train_steps=6), data=data, overwrite=True).fit(progress=False)
+    code = main(["train", *TINY, "--max-train-steps", "6", "--resume", "--out", str(run)])
     assert_clean_error(code, capsys.readouterr().err, "is a symbolic link", "another --out")
     assert (digest(outside) if outside.is_dir() else outside.read_text()) == before
     if name == "log.jsonl":  # a link made after the checks is not followed either
@@ -399,7 +381,7 @@ def test_divergence_says_whether_a_checkpoint_is_kept(run, data):
         fresh.fit(progress=False)
     assert "last good checkpoint" not in str(info.value) and "--overwrite" in str(info.value)
     assert latest_checkpoint(run.parent / "fresh") is None
-    resumed = Trainer(run_cfg(run, steps=8), data=poisoned(data))
+    resumed = Trainer(run_cfg(run, max_train_steps=8), data=poisoned(data))
     assert resumed.resume()
     with pytest.raises(NonFiniteLossError, match=r"at step 5\. The last good checkpoint, step 4 in .*"
                                                  r"checkpoints, is kept"):

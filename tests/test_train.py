@@ -48,7 +48,7 @@ def swd(a: torch.Tensor, b: torch.Tensor, projections: int = 64, seed: int = 0) 
 
 
 def test_lr_warmup_then_cosine_to_zero():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=4, steps=14, lr_schedule="cosine")
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_train_steps=14, lr_schedule="cosine")
     assert [lr_at(cfg, s) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lr_at(cfg, 4) == pytest.approx(1e-3)
     assert lr_at(cfg, 9) == pytest.approx(5e-4)  # half-way through the decay
@@ -80,14 +80,14 @@ def test_ema_update_warms_up_then_uses_the_decay():
 
 def test_presets_are_copies_and_bad_configs_are_refused():
     cfg = preset("digits")
-    cfg.steps = 1
-    assert PRESETS["digits"].steps != 1
+    cfg.max_train_steps = 1
+    assert PRESETS["digits"].max_train_steps != 1
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         preset("nope")
     with pytest.raises(ValueError, match="unknown config fields"):
         TrainConfig().updated(stpes=3)
     for bad, needle in [({"lr": 0.0}, "lr"), ({"label_dropout": 1.0}, "label_dropout"),
-                        ({"prediction": "noise"}, "prediction"), ({"steps": 0}, "steps")]:
+                        ({"prediction": "noise"}, "prediction"), ({"max_train_steps": 0}, "max_train_steps")]:
         with pytest.raises(ValueError, match=needle):
             TrainConfig(**bad).validate()
 
@@ -107,7 +107,7 @@ def _losses(trainer: Trainer, steps: int) -> list[float]:
 def test_loss_falls_on_toy2d(tmp_path):
     # Measured (seeds 0, 1): mean of the first 10 losses about 0.9, of the last 10 about 0.37.
     data = load_toy2d("8gaussians", 4096, seed=0)
-    trainer = Trainer(toy_cfg(tmp_path, steps=60, warmup_steps=5), data=data)
+    trainer = Trainer(toy_cfg(tmp_path, max_train_steps=60, warmup_steps=5), data=data)
     losses = _losses(trainer, 60)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
@@ -119,7 +119,7 @@ def test_loss_falls_on_an_mnist_subset(tmp_path):
     # of the first / last 8 losses about 0.86 / 0.13 (seeds 0, 1).
     data = load_dataset("mnist", n=256, seed=0)
     assert data.x.shape == (256, 1, 32, 32)
-    cfg = TrainConfig(net="tiny", steps=30, batch_size=16, lr=2e-3, warmup_steps=5, out=str(tmp_path))
+    cfg = TrainConfig(net="tiny", max_train_steps=30, batch_size=16, lr=2e-3, warmup_steps=5, out=str(tmp_path))
     losses = _losses(Trainer(cfg, data=data), 30)
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.5 * first, (first, last)
@@ -140,7 +140,7 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
     bound = 0.12
     data = load_toy2d("8gaussians", 10_000, seed=0)
     reference = load_toy2d("8gaussians", 2000, seed=123).x
-    cfg = toy_cfg(tmp_path, steps=2000, lr_schedule="cosine", warmup_steps=100, ema_decay=0.99)
+    cfg = toy_cfg(tmp_path, max_train_steps=2000, lr_schedule="cosine", warmup_steps=100, ema_decay=0.99)
     trainer = Trainer(cfg, data=data)
     untrained = trainer.pipeline().sample(2000, sampler="ddpm", num_inference_steps=100, seed=1)
     assert swd(untrained, reference) > bound
@@ -148,7 +148,7 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
     torch.manual_seed(0)
     assert swd(gaussian.sample((2000,)), reference) > bound  # a unimodal fit is not good enough
 
-    for _ in range(cfg.steps):
+    for _ in range(cfg.max_train_steps):
         trainer.train_step()
     samples = trainer.pipeline().sample(2000, sampler="ddpm", num_inference_steps=100, seed=1)
     assert samples.shape == (2000, 2) and torch.isfinite(samples).all()

@@ -7,89 +7,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from .checks import MAX_GUIDANCE, check_output_file, check_sample_settings
 from .cli_classifier import add_cli as add_classifier_cli
 from .cli_classifier import cmd_train_classifier
 from .cli_eval import add_eval, cmd_eval
-from .text.cli import (TEXT_BOOL_FLAGS, TEXT_TRAIN_FLAGS, add_sample_text_options,
-                       cmd_sample_text)
-from .config import PRESETS, TrainConfig, preset
+from .cli_flags import DeprecatedAlias, add_train_parser, config_from_args
+from .text.cli import add_sample_text_options, cmd_sample_text
 from .metrics.inception import UnavailableError
-from .cli_sampling import DeprecatedFlag, add_steps_and_spacing, sample_spec
-
-# Help for each TrainConfig field exposed as a flag (the field name with dashes).
-TRAIN_FLAGS: dict[str, str] = {
-    "data": "dataset: mnist, digits, photos, toy2d[:swissroll|8gaussians|moons|checkerboard], or an image folder",
-    "image_size": "resize images to this size (mnist is padded 28->32 by default)",
-    "channels": "image folders: 1 (grayscale) or 3 (RGB); default: from the images",
-    "on_bad_image": "image folders: 'error' (default) or 'skip' unreadable images with a warning",
-    "net": "network preset (ddpm-cifar10, mnist-small, tiny, ...) or 'mlp'",
-    "process": "forward process: ddpm[:linear|cosine|sigmoid[:N]], vp[:schedule], ve, edm; or a cold "
-               "degradation (Bansal et al. 2022) blur, mask, pixelate, desaturate, snow, fade, gaussian, "
-               "with settings as in blur:T=20:sigma=7 (`undiffuse samplers --cold` lists them)",
-    "prediction": "what the network predicts: eps, x0, v, edm",
-    "label_dropout": "probability of training on the null class (for classifier-free guidance)",
-    "loss": "l2 or l1 (default: l2; l1 for a cold process)",
-    "weighting": "uniform or min_snr (Hang et al. 2023)",
-    "snr_gamma": "gamma of min-SNR weighting",
-    "steps": "number of optimisation steps",
-    "batch_size": "images per step (under torchrun: the global batch, split over the processes)",
-    "lr": "peak learning rate (AdamW)",
-    "lr_schedule": "constant or cosine (after warm-up)",
-    "warmup_steps": "linear learning-rate warm-up steps",
-    "weight_decay": "AdamW weight decay",
-    "grad_clip": "clip the gradient norm to this value",
-    "ema_decay": "EMA decay of the weights used for sampling",
-    "seed": "seed for initialisation, batches, noise and samples",
-    "device": "auto (CUDA when available, else CPU), cpu or cuda; under torchrun each process "
-              "takes the GPU of its LOCAL_RANK",
-    "max_minutes": "stop training early after this many minutes (a checkpoint is written)",
-    "out": "run directory (config, checkpoints, log, samples)",
-    "log_every": "log every N steps",
-    "checkpoint_every": "write a checkpoint every N steps",
-    "sample_every": "write a sample grid every N steps (0: only at the end)",
-    "num_samples": "images in each sample grid",
-    "sampler": "sampler for the grids (default ddim; improved for a cold process; `undiffuse samplers`)",
-    "sample_steps": "sampler steps for the grids",
-    "guidance": "classifier-free guidance scale for the grids (1: plain conditional)",
-    "severity_weighting": "cold processes: how training draws severities t: uniform (the paper's) or "
-                          "linear (P(t) proportional to t, toward the hard levels)",
-    **TEXT_TRAIN_FLAGS,
-}
-BOOL_FLAGS = {"bf16": "bf16 autocast (AMX on recent Intel CPUs)",
-              "channels_last": "channels-last memory format for images",
-              "compile": "torch.compile the network (inductor; falls back to eager with a warning)",
-              "class_conditional": "condition on class labels when the data has them",
-              "learn_variance": "learn the reverse-step variance (hybrid loss, DDPM only)",
-              "labels_from_subfolders": "image folders: class labels from first-level sub-folders",
-              "residual": "cold processes: the network predicts x0 - x_t instead of x0",
-              "standardize_input": "cold processes: the network sees (x_t - mean) / std with the mean "
-                                   "and log std as extra planes (keeps heavy blur's detail under bf16)",
-              **TEXT_BOOL_FLAGS}
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a diffusion model",
-                       description="Train a diffusion model. With no options: the MNIST demo preset "
-                                   "(class-conditional digits in minutes on a laptop CPU).")
-    p.add_argument("--preset", default="mnist", help=f"starting configuration: {', '.join(PRESETS)}")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (with none there: a warning, then "
-                        "training from step 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the run already in --out (config, log, checkpoints, samples) and start over; "
-                        "without --resume or --overwrite, train refuses an --out that holds a run")
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    for name, text in TRAIN_FLAGS.items():
-        kind = types[name]
-        conv = int if "int" in str(kind) and "float" not in str(kind) else \
-            float if "float" in str(kind) else str
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None, help=text)
-    for name, text in BOOL_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       action=argparse.BooleanOptionalAction, help=text)
+from .cli_sampling import add_steps_and_spacing, sample_spec
 
 
 def _add_sample(sub) -> None:
@@ -190,10 +117,7 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
-    cfg = preset(args.preset)
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in TRAIN_FLAGS or k in BOOL_FLAGS if v is not None}
-    cfg = cfg.updated(**overrides)
+    cfg = config_from_args(args)
     from . import distributed
     from .rundir import check_run_dir
     from .trainer import NonFiniteLossError, Trainer
@@ -227,8 +151,8 @@ def cmd_train(args) -> int:
                                              num_inference_steps=cfg.sample_steps, seed=cfg.seed,
                                              guidance=cfg.guidance, **rows))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
-    if trainer.step < cfg.steps:
-        print(f"stopped at step {trainer.step} of {cfg.steps} (--max-minutes {cfg.max_minutes}), checkpoint "
+    if trainer.step < cfg.max_train_steps:
+        print(f"stopped at step {trainer.step} of {cfg.max_train_steps} (--max-minutes {cfg.max_minutes}), checkpoint "
               "saved; to continue, run train again with the same settings and --resume")
     for path in pictures:
         print(f"  picture: {path}")
@@ -294,7 +218,7 @@ def _add_degrade(sub) -> None:
                         "blur:T=20:sigma=7 (`undiffuse samplers --cold` lists them)")
     p.add_argument("--max-severity", dest="max_severity", type=int, default=None,
                    help="T, the last severity, overriding the spec's (default: its own)")
-    p.add_argument("--steps", dest="max_severity", type=int, action=DeprecatedFlag, new="--max-severity",
+    p.add_argument("--steps", dest="max_severity", type=int, action=DeprecatedAlias, new="--max-severity",
                    help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=8, help="images (rows) drawn from a dataset")
     p.add_argument("--columns", type=int, default=11, help="severities shown, 0 and T included")
@@ -365,16 +289,21 @@ def cmd_degrade(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `undiffuse` parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="undiffuse", description="A lab for diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
+    add_train_parser(sub)
     _add_sample(sub)
     add_eval(sub)
     _add_samplers(sub)
     add_classifier_cli(sub)
     _add_degrade(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "samplers": cmd_samplers,
                 "train-classifier": cmd_train_classifier, "degrade": cmd_degrade}
     try:

@@ -3,23 +3,10 @@ they build from them."""
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from .checks import check_sample_settings
+from .cli_flags import DeprecatedAlias
 from .sampling import SampleSpec
-
-
-class DeprecatedFlag(argparse.Action):
-    """An old spelling of a flag: stores into the new flag's destination, with a FutureWarning."""
-
-    def __init__(self, option_strings, dest, new: str, **kw):
-        super().__init__(option_strings, dest, **kw)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        warnings.warn(f"{option_string} is deprecated; use {self.new} (the old spelling goes in the next release)",
-                      FutureWarning, stacklevel=2)
-        setattr(namespace, self.dest, values)
 
 
 def add_steps_and_spacing(p, default_steps: int | None, steps_help: str) -> None:
@@ -27,12 +14,12 @@ def add_steps_and_spacing(p, default_steps: int | None, steps_help: str) -> None
     ``--steps`` and ``--schedule`` kept (hidden, with a warning) for one release."""
     p.add_argument("--num-inference-steps", dest="num_inference_steps", type=int, default=default_steps,
                    help=steps_help)
-    p.add_argument("--steps", dest="num_inference_steps", type=int, action=DeprecatedFlag,
+    p.add_argument("--steps", dest="num_inference_steps", type=int, action=DeprecatedAlias,
                    new="--num-inference-steps", help=argparse.SUPPRESS)
     p.add_argument("--spacing", dest="spacing", default=None,
                    help="step schedule: trailing, linspace, leading, karras, logsnr "
                         "(default: the sampler's own, see `undiffuse samplers`)")
-    p.add_argument("--schedule", dest="spacing", action=DeprecatedFlag, new="--spacing", help=argparse.SUPPRESS)
+    p.add_argument("--schedule", dest="spacing", action=DeprecatedAlias, new="--spacing", help=argparse.SUPPRESS)
 
 
 def sample_spec(args, options: dict | None = None) -> SampleSpec:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_weights, optimizer_from_flat, read_json
+from .config import upgrade_saved
 from .nets import NET_TYPES, MLPDenoiser, UNet, build_net
 from .cold import is_cold
 
@@ -98,7 +99,8 @@ def _first_problem(obj: Any, entries: list[tuple[str, Callable[[Any], bool], str
 
 
 def read_run_config(run_dir: str | Path) -> dict:
-    """A run directory's config.json, checked to hold every entry that loading reads."""
+    """A run directory's config.json, checked to hold every entry that loading reads, its training
+    settings under today's names (a run saved with "steps" reads as "max_train_steps")."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with "
@@ -108,6 +110,10 @@ def read_run_config(run_dir: str | Path) -> dict:
     problem = _problem(cfg)
     if problem:
         raise ValueError(f"{path} {problem}; {FIX}")
+    try:
+        cfg["train"] = upgrade_saved(cfg["train"])
+    except ValueError as e:
+        raise ValueError(f"{path}: its 'train' entry {e}; {FIX}") from None
     return cfg
 
 

@@ -27,7 +27,7 @@ from .cold.prior import PRIOR_FILE
 TRAIN_OUTPUTS = ("config.json", "log.jsonl", "checkpoints", "samples", PRIOR_FILE)
 
 #: Settings a resumed run may change: when to stop and what to write, never the maths.
-RESUMABLE_CHANGES = {"steps", "out", "max_minutes", "sample_every", "checkpoint_every", "log_every",
+RESUMABLE_CHANGES = {"max_train_steps", "out", "max_minutes", "sample_every", "checkpoint_every", "log_every",
                      "num_samples", "sampler", "sample_steps", "guidance", "device", "compile",
                      "channels_last"}
 
@@ -94,7 +94,7 @@ def append_log(path: Path, record: dict) -> None:
 def check_resumable(run_dir: Path, cfg: TrainConfig, net: torch.nn.Module) -> None:
     """Refuse to resume the run in ``run_dir`` with other maths: settings outside RESUMABLE_CHANGES,
     or a network that differs from the saved one."""
-    saved = read_run_config(run_dir)  # checked: a bad entry is an error naming it
+    saved = read_run_config(run_dir)  # checked (a bad entry is an error naming it), under today's names
     # Compare in JSON form: config.json turns tuples (as in UNET_PRESETS) into lists. A field
     # that an older run's config lacks counts as having its default value.
     current = json.loads(json.dumps(asdict(cfg)))

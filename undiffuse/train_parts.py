@@ -44,11 +44,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then constant or cosine decay to 0 at cfg.steps."""
+    """Linear warm-up, then constant or cosine decay to 0 at cfg.max_train_steps."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "cosine":
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        frac = (step - cfg.warmup_steps) / max(1, cfg.max_train_steps - cfg.warmup_steps)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
     return cfg.lr
 

@@ -231,7 +231,7 @@ class Trainer:
         cfg = self.cfg
         if self._saved_step is None:
             kept = (f"No checkpoint was written before it (the first was due at step "
-                    f"{min(cfg.checkpoint_every, cfg.steps)}), so nothing of this run is kept")
+                    f"{min(cfg.checkpoint_every, cfg.max_train_steps)}), so nothing of this run is kept")
         else:
             kept = (f"The last good checkpoint, step {self._saved_step} in {self.run_dir / 'checkpoints'}, "
                     "is kept")
@@ -251,7 +251,7 @@ class Trainer:
         return result
 
     def fit(self, progress: bool = True, on_log=None) -> None:
-        """Train to cfg.steps. Under torchrun every process calls it; rank 0 writes the files.
+        """Train to cfg.max_train_steps. Under torchrun every process calls it; rank 0 writes the files.
         Refuses a cfg.out that holds a run unless ``resume`` came first or ``overwrite`` is set."""
         cfg = self.cfg
         main = distributed.is_main()
@@ -263,10 +263,10 @@ class Trainer:
                   f"{cfg.batch_size // w} images per process, global batch {cfg.batch_size}", flush=True)
         log_path = self.run_dir / "log.jsonl"
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="train",
+        bar = tqdm(total=cfg.max_train_steps, initial=self.step, disable=not (progress and main), desc="train",
                    unit="step", dynamic_ncols=True)
         window_t, window = time.perf_counter(), []
-        while self.step < cfg.steps:
+        while self.step < cfg.max_train_steps:
             # Decided together: a process stopping alone would leave the others waiting.
             if cfg.max_minutes is not None and distributed.any_rank(
                     time.perf_counter() - t0 > 60 * cfg.max_minutes):
@@ -280,7 +280,7 @@ class Trainer:
                 raise
             window.append(loss)
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_train_steps:
                 now = time.perf_counter()
                 rate = len(window) * cfg.batch_size / (now - window_t)
                 loss = sum(window) / len(window)  # the mean since the last record, less noisy
@@ -293,9 +293,9 @@ class Trainer:
                 window_t, window = now, []
                 if on_log is not None:
                     on_log(self, record)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_train_steps:
                 self.save()
-            if main and cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+            if main and cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.max_train_steps:
                 paused = time.perf_counter()
                 self.write_samples(f"step-{self.step:08d}")
                 window_t += time.perf_counter() - paused  # images/s counts training time only

@@ -8,24 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-#: Help of the TrainConfig fields of a text run (``undiffuse train --text ...``), as flags.
-TEXT_TRAIN_FLAGS: dict[str, str] = {
-    "text_encoder": "The frozen text encoder whose token and pooled embeddings condition the U-Net "
-                    "(a name in undiffuse.text.ENCODERS; default all-MiniLM-L6-v2, shipped offline).",
-    "caption_dropout": "The probability of replacing a caption with the empty caption during training, so "
-                       "that the model also learns the unconditional prediction that classifier-free "
-                       "guidance needs (GLIDE uses 0.2; default 0.1).",
-    "on_missing_caption": "Image folders with --text: what to do with an image whose caption is missing or empty: "
-                          "'error' (default), 'warn' (count them and keep the images with the empty caption) "
-                          "or 'skip' (count them and leave the images out).",
-    "caption_column": "Image folders with --text: the column of metadata.jsonl that holds the captions "
-                      "(default 'text', as in the Hugging Face imagefolder layout).",
-}
-TEXT_BOOL_FLAGS: dict[str, str] = {
-    "text": "Train a text-to-image model on the dataset's captions (shapes, mnist, or an image folder with "
-            ".txt captions or a metadata.jsonl): cross-attention to the caption's tokens, class labels unused.",
-}
-
 
 def add_sample_text_options(p) -> None:
     """``--prompt`` (repeatable) and ``--negative-prompt`` for ``undiffuse sample``."""
