@@ -128,7 +128,7 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
         x_t = pipe.degrade(x0, state=state)
         outputs = {"degraded": x_t}
         for label, algorithm in (("Alg. 1", "naive"), ("Alg. 2", "improved"), ("direct", "direct")):
-            outputs[label] = pipe.restore(x_t, algorithm=algorithm, state=state, bf16=True)
+            outputs[label] = pipe.restore(x_t, sampler=algorithm, state=state, bf16=True)
         ref = _feature_reference(dataset, held, len(x0))
         for label, x in outputs.items():
             x = x.clamp(-1, 1)  # scored as the images shown: a diverging Algorithm 1 saturates

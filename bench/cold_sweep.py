@@ -98,7 +98,7 @@ def measure(names: list[str], out: Path, n: int = 300, seed: int = 0) -> None:
         pipe, bf16 = load(ROOT / name), config(name, 1).bf16
         x_t = pipe.degrade(x0)
         for method, algorithm in (("direct", "direct"), ("Alg. 2", "improved")):
-            x = pipe.restore(x_t, algorithm=algorithm, bf16=bf16).clamp(-1, 1)
+            x = pipe.restore(x_t, sampler=algorithm, bf16=bf16).clamp(-1, 1)
             row = {"row": name, "method": method, "n": n, **json.loads(done.read_text()),
                    "train_seconds": training_seconds(ROOT / name, config(name, 1).batch_size),
                    "setting": ROWS[name], "rmse": rmse(x, x0).mean().item(), "ssim": ssim(x, x0).mean().item(),

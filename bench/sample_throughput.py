@@ -64,7 +64,7 @@ def undiffuse_case(model: str, mode: str, n: int, steps: int, device: torch.devi
     if "+cl" in mode:
         net = net.to(memory_format=torch.channels_last)
     pipe = Pipeline(Denoiser(net, make_process("ddpm:cosine:1000"), "eps", clip_x0=1.0), (1, 32, 32), 10)
-    pipe.bf16_weights = "bf16w" in mode
+    pipe.fast.bf16_weights = "bf16w" in mode
     labels = torch.arange(n) % 10
 
     def sample():

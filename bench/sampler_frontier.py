@@ -26,6 +26,7 @@ import torch
 from sweeps import add_common, record, sweep_main
 from undiffuse import load
 from undiffuse.evaluate import sample_quality
+from undiffuse.sampling import SampleSpec
 from undiffuse.samplers import SPACINGS, get_sampler
 
 # The spacings run for each sampler: the best one or two of a pilot over all of them (n = 100,
@@ -79,7 +80,8 @@ def diffusers_run(pipe, name: str, spacing: str, nfe: int, n: int, labels, args)
     used = _count(sched, steps)
     if used < 0.8 * nfe:
         return None
-    model = pipe.guided(labels[:1], args.guidance) if pipe.num_classes else pipe.denoiser
+    spec = SampleSpec(class_labels=labels[:1], guidance=args.guidance) if pipe.takes_labels else SampleSpec()
+    model = pipe.conditioning.guided(pipe.denoiser, spec, None)
     takes_generator = "generator" in inspect.signature(sched.step).parameters
     out = []
     for i, lab in _batches(labels, args.batch):

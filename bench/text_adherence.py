@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load(args.run)
     result = evaluate_text_model(pipe, None, args.scales, args.per_prompt, dataset=args.dataset,
-                                 n_prompts=args.prompts, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                 n_prompts=args.prompts, sampler=args.sampler, num_inference_steps=args.steps, seed=args.seed,
                                  bf16=args.bf16, keep_samples=True)
     samples = result.pop("samples")
     out = Path(args.out or f"docs/text_adherence_{result['dataset']}.json")

@@ -30,6 +30,11 @@ class ColdRestorer(nn.Module):
         self.net, self.degradation = net, degradation
         self.residual, self.standardize = residual, standardize
 
+    @property
+    def process(self) -> Degradation:
+        """The degradation, under the name every model has (the guidance wrappers read it)."""
+        return self.degradation
+
     def forward(self, x: Tensor, t: int | Tensor, cond: Tensor | None = None) -> Tensor:
         t = self.degradation.severities(t, x)
         x_in = standardized_input(x) if self.standardize else x
