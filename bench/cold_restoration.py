@@ -115,6 +115,7 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
     """Degrade the held-out images to T, restore them three ways, score against the truth."""
     from undiffuse import load
     from undiffuse.metrics import rmse, ssim
+    from undiffuse.pictures import save_restoration_strip
 
     rows = []
     for name in names:
@@ -140,7 +141,7 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
             rows.append(row)
             print(json.dumps(row), flush=True)
         _merge(out, rows[-len(outputs):], key=("process", "method"))
-        pipe.save_restorations(held.x[:10], DOCS / f"cold_restore_{name}.png", seed=seed)
+        save_restoration_strip(pipe, held.x[:10], DOCS / f"cold_restore_{name}.png", seed=seed)
     return rows
 
 

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from undiffuse.classifier import (EVAL_TS, NoisyClassifier, TimeClassifier, add_cli, cmd_train_classifier,
-                                  load_classifier, save_classifier, train_classifier)
+from undiffuse.classifier import (EVAL_TS, NoisyClassifier, TimeClassifier, load_classifier, save_classifier,
+                                  train_classifier)
+from undiffuse.cli_classifier import add_cli, cmd_train_classifier
 from undiffuse.data import load_dataset
 from undiffuse.denoiser import Denoiser
 from undiffuse.guidance import ClassifierFreeGuidance, ClassifierGuidance

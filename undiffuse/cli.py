@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checks import MAX_GUIDANCE, check_output_file, check_sample_settings
+from .checks import MAX_GUIDANCE, check_output_file
 from .cli_classifier import add_cli as add_classifier_cli
 from .cli_classifier import cmd_train_classifier
 from .cli_eval import add_eval, cmd_eval
@@ -17,6 +17,7 @@ from .cli_flags import DeprecatedAlias, add_train_parser, config_from_args
 from .text.cli import add_sample_text_options, cmd_sample_text
 from .metrics.inception import UnavailableError
 from .cli_sampling import add_steps_and_spacing, sample_spec
+from .pictures import save_sampling_trajectory
 
 
 def _add_sample(sub) -> None:
@@ -147,7 +148,7 @@ def cmd_train(args) -> int:
         pictures.append(out / "samples" / "final-restore.png")
     if trainer.data.x.ndim == 4 and pipe.can_generate:
         rows = {} if trainer.text is None else {"prompts": preview_prompts(trainer.data, 4, cfg.seed)}
-        pictures.append(pipe.save_trajectory(out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
+        pictures.append(save_sampling_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
                                              num_inference_steps=cfg.sample_steps, seed=cfg.seed,
                                              guidance=cfg.guidance, **rows))
     print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
@@ -200,7 +201,7 @@ def cmd_sample(args) -> int:
     path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
     print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {path}")
     if args.trajectory:
-        path = pipe.save_trajectory(Path(args.trajectory), spec=spec.replace(
+        path = save_sampling_trajectory(pipe, Path(args.trajectory), spec=spec.replace(
             class_labels=args.class_label, classifier_scale=0.0))
         print(f"trajectory -> {path}")
     return 0

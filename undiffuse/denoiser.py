@@ -2,7 +2,7 @@
 
 Every sampler, loss and metric talks to a ``Denoiser`` (or anything with the same call, such as
 the exact Gaussian-mixture oracle in ``undiffuse.testing``), never to a raw network, so any
-parameterization fits any sampler. Conversions follow DESIGN.md:
+parameterization fits any sampler. Conversions follow docs/conventions.md:
 
 * eps: ``x0 = (xt - sigma eps) / alpha`` (Ho et al. 2020, eq. 15);
 * x0:  ``eps = (xt - alpha x0) / sigma``;

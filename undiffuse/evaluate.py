@@ -20,6 +20,7 @@ import torch
 from . import distributed
 from .checkpoint import write_json
 from .checks import check_count
+from .pictures import save_sampling_trajectory
 from .data import TensorData, load_dataset
 from .metrics import (class_statistics, extract_features, fid_from_features, get_feature_net, kid,
                       prdc, predict_labels, quantize_8bit, vlb_bits_per_dim)
@@ -131,7 +132,7 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: 
     out = run_dir / "eval"
     paths = {"samples": save_grid(samples[:100], out / "samples.png", nrow=pipe.num_classes or None),
              "loss": plot_loss_curve(run_dir / "log.jsonl", out / "loss.png"),
-             "trajectory": pipe.save_trajectory(out / "trajectory.png", seed=seed)}
+             "trajectory": save_sampling_trajectory(pipe, out / "trajectory.png", seed=seed)}
     if isinstance(pipe.process, DDPM):
         real = quantize_8bit(held_out.x[:64])
         rd = rate_distortion(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)), steps=100,

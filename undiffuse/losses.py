@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser, Prediction, v_from
+from .preconditioning import EDMPrecond
 from .processes.gaussian import DDPM, bcast
 from .distributions import discretized_gaussian_log_likelihood, normal_kl
 
@@ -79,9 +80,7 @@ def _residual_and_weight(prediction: str, pred: Prediction, x0: Tensor, noise: T
     # s = sigma / alpha and sd the denoiser's sigma_data. For L2 this is the x0-space error weighted
     # by lambda(sigma) = 1 / c_out^2 (Karras et al. 2022, eq. 8); unlike that weight it also keeps
     # L1 uniform in F-space.
-    sig = bcast(s / a, x0)
-    c_out = sig * sigma_data / (sig**2 + sigma_data**2).sqrt()
-    return (pred.x0 - x0) / c_out, torch.ones_like(snr)
+    return (pred.x0 - x0) / EDMPrecond(sigma_data).c_out(bcast(s / a, x0)), torch.ones_like(snr)
 
 
 def vlb_term(denoiser: Denoiser, pred: Prediction, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:

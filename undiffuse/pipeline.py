@@ -117,27 +117,6 @@ class BasePipeline:
         cause), so that no grid or measurement is made of them."""
         return check_finite_samples(samples, self.model, str(self.run_dir or "this pipeline"))
 
-    def save_trajectory(self, path: str | Path, n: int = 10, *, columns: int = 10, spec: SampleSpec | None = None,
-                        **settings) -> Path:
-        """The picture that explains diffusion: for n images, x_t and the predicted x0 at ``columns``
-        evenly spaced steps, ending with the sample. Unless the spec gives labels, a class-conditional
-        model draws one class per row (n <= classes); a text model one row per prompt of the spec."""
-        from .viz import save_trajectory
-
-        spec = SampleSpec.build(spec, **settings)
-        if self.takes_prompts:
-            if spec.prompts is None:
-                spec = spec.replace(guidance=1.0)
-            elif not isinstance(spec.prompts, str):
-                n = len(spec.prompts)
-        elif spec.class_labels is None:
-            labels = tuple(range(n)) if self.takes_labels and n <= self.num_classes else None
-            spec = spec.replace(class_labels=labels) if labels else spec.replace(guidance=1.0)
-        res = self.sample(n, spec, trajectory=True)
-        keep = sorted({round(i * (len(res.xs) - 1) / (columns - 1)) for i in range(columns)})
-        return save_trajectory([res.xs[i] for i in keep] + [res.x0], [res.x0_hats[i] for i in keep] + [res.x0],
-                               path, ts=[res.ts[i] for i in keep] + [0.0])
-
 
 class Pipeline(BasePipeline):
     """A trained Gaussian denoiser (EMA weights) and what is needed to sample from it.

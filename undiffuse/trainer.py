@@ -49,7 +49,7 @@ from .data import TensorData, load_dataset
 from .conditioning import training_condition
 from .nets import net_config
 from .objectives import objective_for
-from .rundir import RESUMABLE_CHANGES, append_log, check_resumable, check_run_dir, clear_run  # noqa: F401
+from .rundir import append_log, check_resumable, check_run_dir, clear_run
 from .run_files import load_checked, read_training_state, restore_optimizer
 from .train_parts import _rank_seed, batch_indices, ema_update, lr_at  # noqa: F401 (re-exported)
 from .text.objective import CaptionEmbedder, caption_embedder

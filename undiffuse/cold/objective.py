@@ -31,7 +31,6 @@ stopped.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ import torch
 from ..data import TensorData
 from ..nets import build_net
 from ..objectives import Draws, Objective
+from ..pictures import save_restoration_strip
 from .degradations import make_degradation
 from .prior import prepare_prior
 from .restorer import ColdRestorer, cold_loss
@@ -115,8 +115,8 @@ def write_cold_samples(trainer, tag: str) -> Path:
     folder = trainer.run_dir / "samples"
     images = strip_images(trainer.data, seed=cfg.seed)
     if not pipe.can_generate:
-        return pipe.save_restorations(images, folder / f"{tag}.png", seed=cfg.seed)
-    pipe.save_restorations(images, folder / f"{tag}-restore.png", seed=cfg.seed)
+        return save_restoration_strip(pipe, images, folder / f"{tag}.png", seed=cfg.seed)
+    save_restoration_strip(pipe, images, folder / f"{tag}-restore.png", seed=cfg.seed)
     n, k = cfg.num_samples, trainer.num_classes
     labels = None if k is None else torch.arange(n) % k
     x = pipe.sample(n, sampler=cfg.sampler, num_inference_steps=cfg.sample_steps, seed=cfg.seed, class_labels=labels,

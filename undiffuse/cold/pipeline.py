@@ -169,19 +169,6 @@ class ColdPipeline(BasePipeline):
                                                     severities=severities, state=state, callback=record).float(),
                          spec, trajectory)
 
-    def save_restorations(self, images: Tensor, path: str | Path, t: int | None = None, *, seed: int = 0,
-                          num_inference_steps: int | None = None) -> Path:
-        """A restoration strip: rows x0, D(x0, t), Algorithm 1, Algorithm 2, direct (null class for
-        conditional models; random degradations draw their state from ``seed``)."""
-        from ..viz import save_labelled_grid
-
-        t = self.degradation.num_steps if t is None else int(t)
-        state = self.degradation.sample_state(images.shape, torch.Generator().manual_seed(seed))
-        x_t = self.degrade(images, t, state=state)
-        rows = [images.float(), x_t] + [self.restore(x_t, t, name, num_inference_steps=num_inference_steps,
-                                                     state=state) for name in ("naive", "improved", "direct")]
-        return save_labelled_grid(rows, path, ["x0", f"D(x0, {t})", "Alg. 1", "Alg. 2", "direct"])
-
 
 def load_cold(run_dir: Path, cfg: dict, ckpt: Path, weights: str = "ema") -> ColdPipeline:
     """The ColdPipeline of a cold run directory (``undiffuse.load`` calls this)."""

@@ -2,7 +2,7 @@
 
 Every process here answers the same questions (``alpha``, ``sigma``, ``log_snr``, ``corrupt``,
 ``posterior``, ``prior``, ``sample_t``), so samplers, losses and metrics never ask which one they
-hold. Conventions (see DESIGN.md):
+hold. Conventions (see docs/conventions.md):
 
 * ``t = 0`` is the data itself for every process (``alpha = 1, sigma = 0``); ``t = 1`` is the prior.
 * VP: ``alpha^2 + sigma^2 = 1``; VE: ``alpha = 1``.

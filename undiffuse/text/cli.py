@@ -31,6 +31,7 @@ def cmd_sample_text(args, pipe, spec) -> int:
     """``undiffuse sample`` on a text-to-image run (or with --prompt, refused for other runs), the
     samples drawn as ``spec`` (the command's ``SampleSpec``) says."""
     from .objective import prompt_grid
+    from ..pictures import save_sampling_trajectory
     from ..viz import save_grid
 
     if not pipe.takes_prompts:
@@ -52,7 +53,7 @@ def cmd_sample_text(args, pipe, spec) -> int:
     dt, total = time.perf_counter() - t0, args.n * max(1, len(prompts))
     print(f"{total} samples in {dt:.1f} s ({total / dt:.1f} images/s) -> {path}")
     if args.trajectory:
-        path = pipe.save_trajectory(Path(args.trajectory), spec=spec.replace(prompts=prompts or None,
+        path = save_sampling_trajectory(pipe, Path(args.trajectory), spec=spec.replace(prompts=prompts or None,
                                                                              classifier_scale=0.0))
         print(f"trajectory -> {path}")
     return 0
