@@ -39,7 +39,7 @@ def make_old(run: Path, at_step: int | None = None) -> dict:
 
 
 def sample(run: Path) -> torch.Tensor:
-    return undiffuse.load(run).sample(4, steps=2, seed=3, class_labels=[0, 1, 2, 3])
+    return undiffuse.load(run).sample(4, num_inference_steps=2, seed=3, class_labels=[0, 1, 2, 3])
 
 
 def test_old_keyword_and_attribute_warn_and_still_work():
