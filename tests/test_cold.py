@@ -236,7 +236,7 @@ def test_exact_restorer_recovers_x0(name):
     x_T = d(x0, d.num_steps, state=state)
     oracle = lambda x, t: x0  # noqa: E731
     for algorithm in COLD_SAMPLERS:
-        out = cold_sample(oracle, d, x_T, algorithm=algorithm, state=state)
+        out = cold_sample(oracle, d, x_T, sampler=algorithm, state=state)
         torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
     sev = [d.num_steps, d.num_steps // 2, 0]  # skipping severities works too
     torch.testing.assert_close(improved(oracle, d, x_T, severities=sev, state=state), x0, atol=1e-5, rtol=0)

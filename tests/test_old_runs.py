@@ -56,6 +56,6 @@ def test_an_old_run_loads_and_samples_as_before(name, tmp_path):
         assert_same(pipe.sample(4, **kw), want[key], recorded_on, f"{name}/{key}", (name, key) in REWRITTEN)
     if name == "cold":
         x_t = pipe.degrade(load_dataset("digits", n=4, seed=1).x)
-        assert_same(pipe.restore(x_t, algorithm="direct"), want["restore_direct"], recorded_on, "restore direct")
-        assert_same(pipe.restore(x_t, t=3, algorithm="improved"), want["restore_improved"], recorded_on,
+        assert_same(pipe.restore(x_t, sampler="direct"), want["restore_direct"], recorded_on, "restore direct")
+        assert_same(pipe.restore(x_t, t=3, sampler="improved"), want["restore_improved"], recorded_on,
                     "restore improved")

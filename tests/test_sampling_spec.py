@@ -122,3 +122,30 @@ def test_cold_guidance_is_the_formula_on_x0(runs):
         cond, null = pipe.restorer(x, t, labels), pipe.restorer(x, t, torch.full((3,), 10))
         guided = pipe.restore_fn(SampleSpec(class_labels=labels, guidance=2.5), 3)(x, t)
     torch.testing.assert_close(guided, null + 2.5 * (cond - null), rtol=0, atol=1e-5)
+
+
+def test_old_names_still_work_with_a_warning(runs):
+    cold = runs["cold"]
+    x_t = cold.degrade(torch.zeros(2, 1, 8, 8))
+    with pytest.warns(FutureWarning, match="algorithm= is deprecated; use sampler="):
+        old = cold.restore(x_t, algorithm="direct")
+    assert torch.equal(old, cold.restore(x_t, sampler="direct"))
+    with pytest.warns(FutureWarning, match="steps= is deprecated"):
+        old = runs["gaussian"].sample(2, steps=3, seed=1)
+    assert torch.equal(old, runs["gaussian"].sample(2, num_inference_steps=3, seed=1))
+
+
+@pytest.mark.parametrize("command, old, new, dest", [
+    ("sample", "--steps", "--num-inference-steps", "num_inference_steps"),
+    ("sample", "--schedule", "--spacing", "spacing"),
+    ("eval", "--steps", "--num-inference-steps", "num_inference_steps"),
+    ("degrade", "--steps", "--max-severity", "max_severity"),
+])
+def test_old_sampling_flags_still_parse_with_a_warning(command, old, new, dest):
+    from undiffuse.cli import build_parser
+
+    required = {"sample": ["--run", "r"], "eval": ["--run", "r"], "degrade": ["mnist", "--process", "blur"]}[command]
+    value = "karras" if dest == "spacing" else "7"
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated.*{new}"):
+        args = build_parser().parse_args([command, *required, old, value])
+    assert getattr(args, dest) == getattr(build_parser().parse_args([command, *required, new, value]), dest)

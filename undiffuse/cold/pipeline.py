@@ -135,7 +135,7 @@ class ColdPipeline(BasePipeline):
         if not self.can_generate:
             raise ValueError(f"{self.run_dir or 'this pipeline'} has no generation prior ({self.degradation.name} "
                              "has no built-in one and no cold_prior.json was fitted); restore() still works")
-        return generate(restore, self.degradation, n, prior=self.prior, shape=self.shape, algorithm=sampler,
+        return generate(restore, self.degradation, n, prior=self.prior, shape=self.shape, sampler=sampler,
                         generator=torch.Generator().manual_seed(spec.seed),
                         severities=self.severities(spec.num_inference_steps), callback=callback,
                         **spec.sampler_options).float()
@@ -165,7 +165,7 @@ class ColdPipeline(BasePipeline):
             raise ValueError(f"expected images of shape (B, {self.shape[0]}, H, W), got {tuple(images.shape)}")
         severities = self.severities(spec.num_inference_steps, t)
         restore = self.restore_fn(spec, len(images))
-        return self._run(lambda record: cold_sample(restore, self.degradation, images, algorithm=name,
+        return self._run(lambda record: cold_sample(restore, self.degradation, images, sampler=name,
                                                     severities=severities, state=state, callback=record).float(),
                          spec, trajectory)
 

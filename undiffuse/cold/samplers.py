@@ -136,12 +136,12 @@ def direct(restore: Restorer, degradation: Degradation, x: Tensor, t_start: int 
 COLD_SAMPLERS: dict[str, Callable] = {"naive": naive, "improved": improved, "direct": direct}
 
 
-def cold_sample(restore: Restorer, degradation: Degradation, x: Tensor, *, algorithm: str = "improved",
+def cold_sample(restore: Restorer, degradation: Degradation, x: Tensor, *, sampler: str = "improved",
                 **kwargs) -> Tensor:
-    """Run the cold sampler named ``algorithm`` ("naive", "improved" or "direct")."""
-    if algorithm not in COLD_SAMPLERS:
-        raise ValueError(f"unknown cold sampler {algorithm!r}; choose one of {sorted(COLD_SAMPLERS)}")
-    return COLD_SAMPLERS[algorithm](restore, degradation, x, **kwargs)
+    """Run the cold sampler named ``sampler`` ("naive", "improved" or "direct")."""
+    if sampler not in COLD_SAMPLERS:
+        raise ValueError(f"unknown cold sampler {sampler!r}; choose one of {sorted(COLD_SAMPLERS)}")
+    return COLD_SAMPLERS[sampler](restore, degradation, x, **kwargs)
 
 
 # --- generation ----------------------------------------------------------------------------------
@@ -149,10 +149,10 @@ def cold_sample(restore: Restorer, degradation: Degradation, x: Tensor, *, algor
 
 def generate(restore: Restorer, degradation: Degradation, n: int, *,
              prior: GaussianMixturePrior | None = None, shape: tuple[int, ...] | None = None,
-             noise_std: float = GENERATION_NOISE, remove_noise: bool = False, algorithm: str = "improved",
+             noise_std: float = GENERATION_NOISE, remove_noise: bool = False, sampler: str = "improved",
              generator: torch.Generator | None = None, severities=None, callback: Callback | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """Generate ``n`` images: draw x_T, add ``noise_std`` Gaussian noise, restore with ``algorithm``.
+    """Generate ``n`` images: draw x_T, add ``noise_std`` Gaussian noise, restore with ``sampler``.
 
     x_T comes from ``prior`` (a fitted ``GaussianMixturePrior``) or, when None, from
     ``degradation.prior(shape)`` (``gaussian``, ``fade``; ``shape`` = (C, H, W) is then required).
@@ -179,7 +179,7 @@ def generate(restore: Restorer, degradation: Degradation, n: int, *,
         state = degradation.sample_state(x.shape, generator, device, dtype)
     noise = noise_std * torch.randn(x.shape, generator=generator,
                                     device=generator.device).to(device=device, dtype=dtype)
-    out = cold_sample(restore, degradation, x + noise, algorithm=algorithm, severities=severities,
+    out = cold_sample(restore, degradation, x + noise, sampler=sampler, severities=severities,
                       state=state, callback=callback)
     return out - noise if remove_noise else out
 
