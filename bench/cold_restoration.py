@@ -196,54 +196,77 @@ def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
     return torch.cat([pipe.sample(min(batch, n - i), seed=i, bf16=True, **kw) for i in range(0, n, batch)])
 
 
-def _modes_pipeline(pipe, train_x: torch.Tensor, modes: int = 2, components: int = 10):
-    """The blur run's restorer with a generation prior over the (2K + 1)^2 lowest Fourier modes of
-    the fully blurred training digits (``Blur(summary_modes=K)``), a ``components``-Gaussian mixture:
-    x_T drawn with the structure that survives the blur, instead of flat means plus white noise."""
-    from undiffuse.cold.pipeline import ColdPipeline
+def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **settings):
+    """The run's restorer with a ``components``-Gaussian mixture prior over its degradation's summary
+    of fully degraded training digits (``settings`` change the degradation's, e.g. blur's
+    ``summary_modes=2``: the 25 lowest Fourier modes instead of the channel means; the maths of D
+    does not change)."""
     from undiffuse.cold import ColdRestorer, GaussianMixturePrior, make_degradation
+    from undiffuse.cold.pipeline import ColdPipeline
 
     r = pipe.restorer
-    deg = make_degradation({**pipe.degradation.config(), "summary_modes": modes})
+    deg = make_degradation({**pipe.degradation.config(), **settings})
     prior = GaussianMixturePrior.fit(deg, train_x, n_components=components, seed=0,
                                      generator=torch.Generator().manual_seed(0))
     restorer = ColdRestorer(r.net, deg, residual=r.residual, standardize=r.standardize)
-    return ColdPipeline(restorer, pipe.shape, pipe.num_classes, pipe.class_names, None, prior=prior)
+    return ColdPipeline(restorer, pipe.shape, pipe.num_classes, pipe.class_names, pipe.run_dir, prior=prior)
 
 
-def generate(out: Path, n: int = 600) -> list[dict]:
-    """Unconditional digits from cold blur (Gaussian-mixture start + Algorithm 2) and from the
-    Gaussian DDPM of the same net and budget, scored against the held-out digits."""
+def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
+    """key -> (row label, run, lambda pipe: (pipeline, sample settings)) of every generation row."""
+    return {
+        "blur-paper": ("cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)", "blur",
+                       lambda p: (p, dict(sampler="improved"))),
+        "blur-modes": ("cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)", "blur",
+                       lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler="improved", noise_std=0.0))),
+        "ddpm": ("DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm",
+                 lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
+        "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
+                        lambda p: (p, dict(sampler="ddim", num_inference_steps=50))),
+        "pixelate": ("cold pixelate, Alg. 2, block-mean prior (1 Gaussian, the run's) + noise 0.002 (3 NFE)",
+                     "pixelate", lambda p: (p, dict(sampler="improved"))),
+        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture + noise 0.002 (3 NFE)",
+                             "pixelate", lambda p: (_mixture_pipeline(p, train_x), dict(sampler="improved"))),
+        "fade": ("animorphosis: a random photo patch (fade source) restored to a digit, Alg. 2 (20 NFE)", "fade",
+                 lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
+    }
+
+
+def generate(out: Path, n: int = 600, keys: list[str] | None = None) -> list[dict]:
+    """Unconditional digits from the cold runs (Gaussian-mixture or built-in start + Algorithm 2) and
+    from the Gaussian DDPM of the same net and budget, scored against the held-out digits; rows of
+    runs not trained yet are skipped. The grid ``docs/cold_generation.png`` shows every row measured."""
+    from safetensors.torch import load_file, save_file
+
     from undiffuse import load
     from undiffuse.metrics import class_statistics, extract_features, predict_labels, prdc
     from undiffuse.viz import save_labelled_grid
 
     train_split, held = splits("mnist")
     net, ref, floor = _feature_reference("mnist", held, n)
-    blur = load(ROOT / "blur")
-    modes = _modes_pipeline(blur, train_split.x)
-    settings = {
-        "cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)": (blur, dict(sampler="improved")),
-        "cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)": (modes, dict(sampler="improved", noise_std=0.0)),
-    }
-    if (ROOT / "ddpm" / "checkpoints").is_dir():  # the same net and budget, Gaussian
-        settings["DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)"] = (load(ROOT / "ddpm"),
-                                                                     dict(sampler="dpmpp_2m_sde", num_inference_steps=20))
-    rows, pictures = [], []
-    for label, (pipe, kw) in settings.items():
+    generators = _generators(train_split.x)
+    rows, shown = [], ROOT / "generation"
+    for key in keys or list(generators):
+        label, run, make = generators[key]
+        if not (ROOT / run / "checkpoints").is_dir():
+            print(f"skipping {key}: {ROOT / run} is not trained yet", flush=True)
+            continue
+        pipe, kw = make(load(ROOT / run))
         x = _sample(pipe, n, **kw).clamp(-1, 1)
         feats = extract_features(net, x)
         pr = prdc(ref, feats)
         classes = class_statistics(predict_labels(net, x), 10, held.labels[:n])
-        row = {"model": label, "n": n, "fid": _fid(net, x, ref), "fid_floor": floor,
-               "train_steps": trained_steps(pipe.run_dir or ROOT / "blur"),
-               "precision": pr["precision"], "recall": pr["recall"],
+        row = {"model": label, "key": key, "n": n, "fid": _fid(net, x, ref), "fid_floor": floor,
+               "train_steps": trained_steps(ROOT / run), "precision": pr["precision"], "recall": pr["recall"],
                "classes_present": classes["num_present_thresholded"], "class_kl": classes["kl"]}
         rows.append(row)
-        pictures.append(x[:12])
+        shown.mkdir(parents=True, exist_ok=True)
+        save_file({"x": x[:12].contiguous()}, str(shown / f"{key}.safetensors"))
         print(json.dumps(row), flush=True)
         _merge(out, [row], key=("model",))  # row by row: an interrupted run keeps what it measured
-    save_labelled_grid(pictures, DOCS / "cold_generation.png", row_labels=list(settings))
+    have = [k for k in generators if (shown / f"{k}.safetensors").exists()]
+    save_labelled_grid([load_file(str(shown / f"{k}.safetensors"))["x"] for k in have], DOCS / "cold_generation.png",
+                       row_labels=[generators[k][0] for k in have])
     return rows
 
 
@@ -283,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["train", "restore", "generate", "ceiling", "table"])
     p.add_argument("--runs", nargs="*", default=None, help=f"subset of {list(RUNS)}")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, ddpm, ddpm-ddim50, "
+                        "pixelate, pixelate-mixture, fade")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--root", default="runs/cold", help="where the runs live")
     p.add_argument("--n", type=int, default=None,
@@ -305,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "ceiling":
         ceiling(DOCS / "cold_blur_ceiling.json")
     elif args.phase == "generate":
-        generate(DOCS / "cold_generation.json", n=args.n or 600)
+        generate(DOCS / "cold_generation.json", n=args.n or 600, keys=args.models)
     print(tables(DOCS))
     return 0
 

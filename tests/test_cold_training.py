@@ -82,7 +82,7 @@ def test_cli_trains_a_cold_run_and_samples_it(cold_runs, tmp_path, capsys, name)
     assert_png(tmp_path / "grid.png")
     assert_png(tmp_path / "traj.png")
     for sampler in ("naive", "direct"):
-        assert main(["sample", "--run", str(run), "--n", "3", "--sampler", sampler, "--steps", "2",
+        assert main(["sample", "--run", str(run), "--n", "3", "--sampler", sampler, "--num-inference-steps", "2",
                      "--class", "4", "--option", "noise_std=0.01", "--out", str(tmp_path / f"{sampler}.png")]) == 0
         assert_png(tmp_path / f"{sampler}.png")
 
@@ -115,7 +115,7 @@ def test_cli_trains_and_samples_every_other_degradation(tmp_path, capsys, digits
     assert main(["train", *TINY, "--max-train-steps", "2", "--process", spec, *extra, "--out", str(run)]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and all(r["loss"] > 0 for r in log)
-    assert main(["sample", "--run", str(run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["sample", "--run", str(run), "--n", "3", "--num-inference-steps", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert "3 samples" in capsys.readouterr().out
     assert_png(tmp_path / "g.png")
     pipe = undiffuse.load(run)
@@ -143,7 +143,7 @@ def test_degrade_reads_colour_images_and_files(tmp_path):
     with Image.open(tmp_path / "snow.png") as img:
         assert img.mode == "RGB"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
-    assert main(["degrade", str(tmp_path / "red.png"), "--process", "desaturate", "--steps", "4",
+    assert main(["degrade", str(tmp_path / "red.png"), "--process", "desaturate", "--max-severity", "4",
                  "--out", str(tmp_path / "gray.png")]) == 0
     assert_png(tmp_path / "gray.png")
 
@@ -221,7 +221,7 @@ def test_bad_train_combinations_are_clear_errors(tmp_path, capsys, args, needles
     (["--sampler", "improved", "--eta", "0.5"], ["has no option eta", "noise_std"]),
     (["--spacing", "karras"], ["spacing applies to Gaussian samplers"]),
     (["--classifier-scale", "1"], ["classifier guidance applies to Gaussian runs"]),
-    (["--steps", "0"], ["steps must be >= 1"]),
+    (["--num-inference-steps", "0"], ["steps must be >= 1"]),
 ])
 def test_bad_cold_sample_options_are_clear_errors(cold_runs, tmp_path, capsys, args, needles):
     code = main(["sample", "--run", str(cold_runs["pixelate"]), "--n", "2", *args, "--out", str(tmp_path / "x.png")])

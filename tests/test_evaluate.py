@@ -33,7 +33,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_eval_cli_writes_every_metric(digits_run, capsys):
-    code = main(["eval", "--run", str(digits_run), "--n", "200", "--steps", "5",
+    code = main(["eval", "--run", str(digits_run), "--n", "200", "--num-inference-steps", "5",
                  "--nll-images", "8", "--nll-steps", "10"])
     assert code == 0
     table = capsys.readouterr().out

@@ -171,7 +171,7 @@ def test_load_round_trip_and_the_samples_grid(text_run):
     pipe = undiffuse.load(text_run.run_dir)
     assert pipe.takes_prompts and pipe.text == {"encoder": FAKE, "max_length": 8, "dim": 16}
     assert pipe.num_classes is None
-    options = dict(steps=2, seed=5, guidance=2.0, negative_prompt="the digit 1")
+    options = dict(num_inference_steps=2, seed=5, guidance=2.0, negative_prompt="the digit 1")
     x = pipe.sample(3, prompts="the digit 7", **options)
     assert torch.equal(x, text_run.pipeline().sample(3, prompts="the digit 7", **options))
     assert_png(text_run.run_dir / "samples" / "final.png")
