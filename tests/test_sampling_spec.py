@@ -149,3 +149,11 @@ def test_old_sampling_flags_still_parse_with_a_warning(command, old, new, dest):
     with pytest.warns(FutureWarning, match=f"{old} is deprecated.*{new}"):
         args = build_parser().parse_args([command, *required, old, value])
     assert getattr(args, dest) == getattr(build_parser().parse_args([command, *required, new, value]), dest)
+
+
+def test_a_degradation_spec_names_its_severities_T():
+    from undiffuse.cold import make_degradation
+
+    with pytest.warns(FutureWarning, match="blur:steps= is deprecated; write blur:T="):
+        old = make_degradation("blur:steps=7")
+    assert old.config() == make_degradation("blur:T=7").config() == make_degradation("blur:7").config()

@@ -16,6 +16,7 @@ severities t in {0..T}, one module per family, all behind ``Degradation``'s inte
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 from .base import Degradation, State
@@ -32,6 +33,8 @@ DEGRADATIONS: dict[str, type[Degradation]] = {
 }
 #: Spec keys accepted as short names of constructor arguments.
 ALIASES = {"T": "num_steps", "steps": "num_steps", "k": "kernel_size", "size": "kernel_size"}
+#: Spec keys kept for one release with a FutureWarning: "steps" also meant optimiser and sampler steps.
+DEPRECATED_KEYS = {"steps": "T"}
 
 
 def _coerce(value: str, default: Any) -> Any:
@@ -84,7 +87,11 @@ def make_degradation(spec: str | dict | Degradation) -> Degradation:
         key, eq, value = part.partition("=")
         if not eq:
             key, value = "num_steps", part
-        key = ALIASES.get(key.strip(), key.strip())
+        key = key.strip()
+        if key in DEPRECATED_KEYS:
+            warnings.warn(f"{name}:{key}= is deprecated; write {name}:{DEPRECATED_KEYS[key]}= (the number of "
+                          "severities; removed in the next release)", FutureWarning, stacklevel=2)
+        key = ALIASES.get(key, key)
         if key not in params:
             raise ValueError(f"{name} has no setting {key!r}; its settings are {', '.join(params)}")
         try:
