@@ -203,3 +203,15 @@ def test_cold_blur_preset_is_the_papers_blur_with_the_recipe():
     blur, paper = make_degradation(cfg.process), make_degradation("blur")
     assert {**blur.settings(), "summary_modes": 0} == paper.settings()  # only the prior's features differ
     assert cfg.standardize_input and cfg.residual and cfg.loss == "l1" and cfg.sampler == "improved"
+
+
+def test_a_blur_kernel_wider_than_the_images_is_refused_before_training(tmp_path):
+    from undiffuse.data import load_dataset
+    from undiffuse.trainer import Trainer
+
+    data = load_dataset("digits", n=16, seed=0)  # 8 x 8 images; the paper's kernel is 11 wide
+    cfg = TrainConfig(data="digits", net="tiny", process="blur", max_train_steps=1, batch_size=4, out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"blur kernel \(11 x 11\) is wider than the 8-pixel images.*blur:k=7"):
+        Trainer(cfg, data=data)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    Trainer(cfg.updated(process="blur:k=7"), data=data)  # the suggested kernel fits

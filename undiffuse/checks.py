@@ -123,6 +123,8 @@ def check_data_fits(cfg, data) -> None:
     if cfg.cold and not images:
         raise ValueError(f"the cold process {cfg.process!r} degrades images, but {data.name} holds "
                          f"{data.x.shape[1]}-D points; train it on mnist, digits or an image folder")
+    if cfg.cold and images:
+        _check_kernel_fits(cfg.process, min(data.x.shape[-2:]))
     kind, shown = net_kind(net), net if isinstance(net, str) else f"{{'type': {net_kind(net)!r}, ...}}"
     if kind == "unet" and not images:
         raise ValueError(f"--net {shown} is a U-Net for images, but {data.name} holds "
@@ -135,3 +137,15 @@ def check_data_fits(cfg, data) -> None:
         raise ValueError(f"{data.name} has {len(data)} {what}, fewer than --batch-size {batch_size}: a "
                          f"batch needs that many distinct ones; use --batch-size {len(data)} or less, "
                          f"or add {what}")
+
+
+def _check_kernel_fits(process, side: int) -> None:
+    """A blur kernel no wider than the images: a wider one would wrap around them (circular padding)
+    or reflect more than once, which is no longer the blur the run asks for."""
+    from .cold.degradations import make_degradation
+
+    k = getattr(make_degradation(process), "kernel_size", None)
+    if k is not None and k > side:
+        fit = side if side % 2 else side - 1
+        raise ValueError(f"the blur kernel ({k} x {k}) is wider than the {side}-pixel images; use a kernel of at "
+                         f"most {fit} pixels, e.g. --process blur:k={fit}")

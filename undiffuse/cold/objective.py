@@ -72,6 +72,10 @@ class ColdObjective(Objective):
     """Cold Diffusion training (see the module docstring): the restorer ``R(D(x0, t), t) ~ x0`` under
     ``cold_loss`` (L1 by default), the severities t and the degradation's state drawn per batch."""
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.prior = None  # fitted by ``prepare`` (rank 0); else the pipeline reads RUN/cold_prior.json
+
     def build(self, data: TensorData, context_dim: int | None = None) -> ColdRestorer:
         return build_restorer(self.cfg, data)
 
@@ -101,7 +105,7 @@ class ColdObjective(Objective):
     def pipeline(self, model, shape, num_classes, class_names, run_dir, text=None, encoder=None):
         from .pipeline import ColdPipeline
 
-        return ColdPipeline(model, shape, num_classes, class_names, run_dir, prior=getattr(self, "prior", None))
+        return ColdPipeline(model, shape, num_classes, class_names, run_dir, prior=self.prior)
 
     def write_samples(self, trainer, tag: str) -> Path:
         return write_cold_samples(trainer, tag)

@@ -24,6 +24,8 @@ whatever t is: per-image severities just pick per-image matrices. This is exact 
 rounding) for any kernel size, also one wider than the image: circular padding wraps the kernel
 around; reflect padding is circular convolution on the mirrored signal of period 2(n - 1) (PyTorch's
 "reflect", which does not repeat the edge pixel), which is what t padded convolutions compute too.
+Training refuses a kernel wider than its images all the same (``checks.check_data_fits``): that is
+almost always a setting meant for larger images (the paper's 11 x 11 on 8 x 8 digits).
 
 End state. With circular padding each step keeps every channel's mean and damps every other
 frequency, so ``D(x0, t)`` tends to the per-channel mean image as t grows; ``mean_residual(H, W)``
