@@ -120,6 +120,9 @@ def test_run_directory_is_json_and_safetensors_only(trained_run):
     assert config["data"] == {"name": "digits", "shape": [1, 8, 8], "num_classes": 10,
                               "class_names": list("0123456789")}
     assert build_net(config["net"]).config == trainer.denoiser.net.config
+    machine = config["machine"]  # which machine trained it (the issue asks runs to say)
+    assert machine["cpu"] and machine["gpu"] is None and machine["processes"] == 1
+    assert machine["torch"] == torch.__version__ and set(machine["cpu_features"]) <= {"avx512f", "avx512_bf16", "amx_bf16"}
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in records)

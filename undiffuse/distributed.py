@@ -195,3 +195,26 @@ def _comm_device() -> torch.device:
 def backend() -> str | None:
     """The process group's backend ("gloo", "nccl"), None outside one."""
     return dist.get_backend() if is_distributed() else None
+
+
+def machine(device: torch.device) -> dict:
+    """What trains the run (recorded in its config.json, rewritten at every start or resume): the CPU
+    model and the instruction sets that change bf16 speed (AVX-512 BF16, AMX), the GPU if training
+    runs on one, the number of processes and threads, and the torch version."""
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_features": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "processes": world_size(), "threads": torch.get_num_threads(), "torch": torch.__version__}

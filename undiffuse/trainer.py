@@ -129,7 +129,8 @@ class Trainer:
                 "data": {"name": self.data.name, "shape": list(self.data.x.shape[1:]),
                          "num_classes": self.num_classes,
                          "class_names": self.data.class_names},
-                "text": None if self.text is None else self.text.config()}
+                "text": None if self.text is None else self.text.config(),
+                "machine": distributed.machine(self.device)}
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others hold the same state); returns its folder on
