@@ -138,6 +138,7 @@ def restore(names: list[str], out: Path, n: int = 300, seed: int = 0) -> list[di
         for label, x in outputs.items():
             x = x.clamp(-1, 1)  # scored as the images shown: a diverging Algorithm 1 saturates
             row = {"process": name, "T": deg.num_steps, "n": len(x0), "method": label,
+                   "restoration_steps": RESTORE_STEPS.get(name, deg.num_steps),
                    "train_steps": trained_steps(ROOT / name), "recipe": _recipe(ROOT / name),
                    "rmse": rmse(x, x0).mean().item(), "ssim": ssim(x, x0).mean().item()}
             if ref is not None:
