@@ -54,7 +54,7 @@ RUNS: dict[str, dict] = {
 #: Restoration steps where every severity would take too long on a CPU (fade: 20 of T = 200, evenly
 #: spaced); the others restore through every severity, as the paper does.
 RESTORE_STEPS = {"fade": 20}
-#: The pixelate prior's mixture size, chosen by ``prior-sweep`` (docs/cold_prior_sweep.json: the best
+#: The pixelate prior's mixture size, chosen by ``prior-sweep`` (docs/cold_prior_sweep_pixelate.json: the best
 #: FID-style against training digits that the fit did not see; the held-out digits play no part).
 PIXELATE_COMPONENTS = 160
 PHOTO_ROWS, TRAIN_ROWS, HELD_FROM_ROW = 23, 15, 19  # patch rows per photo at stride 8; see above
@@ -245,6 +245,10 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
     }
 
 
+#: The summary of x_T each run's mixture is fitted to, beside the run's own (blur: 25 Fourier modes).
+PRIOR_SETTINGS = {"blur": {"summary_modes": 2}, "pixelate": {}}
+
+
 def prior_sweep(out: Path, run: str = "pixelate", n: int = 600, components=(1, 10, 20, 40, 80, 160)) -> list[dict]:
     """Model selection for a generation prior without touching the held-out digits: mixtures of
     ``components`` Gaussians over the run's summary of x_T, fitted to the training digits but the last
@@ -258,7 +262,8 @@ def prior_sweep(out: Path, run: str = "pixelate", n: int = 600, components=(1, 1
     ref = extract_features(net, train_split.x[-n:])  # the last n training digits
     pipe, rows = load(ROOT / run), []
     for k in components:
-        x = _sample(_mixture_pipeline(pipe, train_split.x[:-n], components=k), n, sampler="improved").clamp(-1, 1)
+        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **PRIOR_SETTINGS[run])
+        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run == "blur" else 0.002).clamp(-1, 1)
         rows.append({"run": run, "components": k, "n": n, "fid_vs_training": _fid(net, x, ref)})
         print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps(rows, indent=1))
@@ -362,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "restore":
         restore(names, DOCS / "cold_restoration.json", n=args.n or 300)
     elif args.phase == "prior-sweep":
-        prior_sweep(DOCS / "cold_prior_sweep.json")
+        run = (args.runs or ["pixelate"])[0]
+        prior_sweep(DOCS / f"cold_prior_sweep_{run}.json", run=run,
+                    components=(10, 40, 160) if run == "blur" else (1, 10, 20, 40, 80, 160))
     elif args.phase == "ceiling":
         ceiling(DOCS / "cold_blur_ceiling.json")
     elif args.phase == "generate":
