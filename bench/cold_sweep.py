@@ -44,6 +44,8 @@ ROWS: dict[str, dict] = {
     "net=mnist-small": dict(net="mnist-small"),
     "kernel-linear": dict(process="blur:schedule=linear:sigma=0.5"),
     "T=10": dict(process="blur:T=10"),
+    # not one factor: the recipe with the best single change besides it, to see whether they add up
+    "standardize+residual+l2": dict(standardize_input=True, residual=True, loss="l2"),
 }
 
 
