@@ -46,15 +46,15 @@ def check_guidance(value, name: str) -> None:
                          f"[-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}] (useful ones are about 0 to 10)")
 
 
-def check_sample_settings(n: int, *, steps: int | None = None, guidance: float = 1.0,
+def check_sample_settings(n: int, *, num_inference_steps: int | None = None, guidance: float = 1.0,
                           classifier_scale: float = 0.0, options: dict | None = None,
                           prefix: str = "") -> None:
-    """The settings every sampler takes: ``n`` samples (>= 1), ``steps`` (>= 1, None: the default),
-    finite and bounded guidance scales, finite numeric sampler ``options``. ``prefix`` ("--" on the
-    command line) makes the messages name the flags."""
+    """The settings every sampler takes: ``n`` samples (>= 1), ``num_inference_steps`` (>= 1, None:
+    the default), finite and bounded guidance scales, finite numeric sampler ``options``. ``prefix``
+    ("--" on the command line) makes the messages name the flags."""
     check_count(n, f"{prefix}n")
-    if steps is not None:
-        check_count(steps, f"{prefix}steps")
+    if num_inference_steps is not None:
+        check_count(num_inference_steps, f"{prefix}num-inference-steps" if prefix else "num_inference_steps")
     check_guidance(guidance, f"{prefix}guidance")
     check_guidance(classifier_scale, f"{prefix}classifier-scale" if prefix else "classifier_scale")
     for key, value in (options or {}).items():

@@ -40,7 +40,7 @@ def add_eval(sub) -> None:
 
 def check_eval_args(args) -> None:
     """Every numeric setting of `undiffuse eval`, before the run loads or a process group starts."""
-    check_sample_settings(args.n, steps=args.num_inference_steps, guidance=args.guidance, prefix="--")
+    check_sample_settings(args.n, num_inference_steps=args.num_inference_steps, guidance=args.guidance, prefix="--")
     for scale in args.guidance_scales or []:
         check_guidance(scale, "--guidance-scales")
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--nll-images", args.nll_images, 0),

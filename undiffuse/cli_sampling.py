@@ -25,7 +25,7 @@ def add_steps_and_spacing(p, default_steps: int | None, steps_help: str) -> None
 def sample_spec(args, options: dict | None = None) -> SampleSpec:
     """The ``SampleSpec`` of `undiffuse sample` / `eval` flags, every setting checked naming its flag."""
     options = (options or {}) | ({} if getattr(args, "eta", None) is None else {"eta": args.eta})
-    check_sample_settings(getattr(args, "n", 1), steps=args.num_inference_steps, guidance=args.guidance,
+    check_sample_settings(getattr(args, "n", 1), num_inference_steps=args.num_inference_steps, guidance=args.guidance,
                           classifier_scale=getattr(args, "classifier_scale", 0.0), options=options, prefix="--")
     return SampleSpec(sampler=args.sampler, num_inference_steps=args.num_inference_steps, spacing=args.spacing,
                       seed=args.seed, guidance=args.guidance, classifier_scale=getattr(args, "classifier_scale", 0.0),

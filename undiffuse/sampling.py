@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .checks import check_count, check_finite, check_guidance
+from .checks import check_sample_settings
 
 #: The deprecated keyword names of ``SampleSpec.build`` -> their new names.
 DEPRECATED = {"steps": "num_inference_steps"}
@@ -64,15 +64,11 @@ class SampleSpec:
         object.__setattr__(self, "options", tuple(sorted((str(k), _frozen(v)) for k, v in options)))
         self.validate()
 
-    def validate(self, prefix: str = "") -> None:
-        """Every number checked, naming the setting (``prefix`` "--" names the flags)."""
-        if self.num_inference_steps is not None:
-            check_count(self.num_inference_steps, f"{prefix}num-inference-steps" if prefix else "num_inference_steps")
-        check_guidance(self.guidance, f"{prefix}guidance")
-        check_guidance(self.classifier_scale, f"{prefix}classifier-scale" if prefix else "classifier_scale")
-        for key, value in self.options:
-            if isinstance(value, float):
-                check_finite(value, f"sampler option {key}")
+    def validate(self) -> None:
+        """Every number checked, naming the setting (``checks.check_sample_settings``; ``n`` is the
+        caller's, checked where it is given)."""
+        check_sample_settings(1, num_inference_steps=self.num_inference_steps, guidance=self.guidance,
+                              classifier_scale=self.classifier_scale, options=self.sampler_options)
 
     @property
     def sampler_options(self) -> dict[str, Any]:
