@@ -28,7 +28,7 @@ from undiffuse.pipeline import Pipeline
 from undiffuse.processes import make_process
 from undiffuse.text.encoders import NULL_CAPTION, encode_captions, get_encoder
 from undiffuse.trainer import Trainer, batch_indices
-from undiffuse.text.objective import drop_captions
+from undiffuse.conditioning import dropout_mask as drop_captions
 
 from helpers_cli import assert_clean_error, assert_png
 from helpers_resume import straight_and_resumed

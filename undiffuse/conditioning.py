@@ -178,6 +178,13 @@ def conditioning_for(num_classes: int | None, text: dict | None = None, *, encod
 # --- training: the condition of each batch, with the dropout that classifier-free guidance needs ---
 
 
+def dropout_mask(gen: torch.Generator, b: int, p: float) -> Tensor:
+    """Which of ``b`` conditions to replace by the null one: each with probability ``p``, drawn from
+    ``gen`` as one ``rand(b)``, the same draw for labels and captions, so that both kinds of run
+    advance the generator alike."""
+    return torch.rand(b, generator=gen) < p
+
+
 class NoDropout:
     """An unconditional run draws nothing and conditions on nothing."""
 
@@ -197,7 +204,7 @@ class LabelDropout(NoDropout):
 
     def draw(self, idx: Tensor, gen: torch.Generator) -> Tensor:
         labels = self.labels[idx].clone()
-        labels[torch.rand(len(idx), generator=gen) < self.p] = self.num_classes
+        labels[dropout_mask(gen, len(idx), self.p)] = self.num_classes
         return labels
 
     def share(self, drawn: Tensor, idx: Tensor, mine, device) -> Tensor:
@@ -212,9 +219,7 @@ class CaptionDropout(NoDropout):
         self.embedder, self.p = embedder, p
 
     def draw(self, idx: Tensor, gen: torch.Generator) -> Tensor:
-        from .text.objective import drop_captions
-
-        return drop_captions(gen, len(idx), self.p)
+        return dropout_mask(gen, len(idx), self.p)
 
     def share(self, drawn: Tensor, idx: Tensor, mine, device):
         return self.embedder.embed(idx[mine], drawn[mine]).to(device)

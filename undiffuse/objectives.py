@@ -94,7 +94,7 @@ class GaussianObjective(Objective):
         if pipe.takes_prompts:
             from .text.objective import write_text_samples
 
-            return write_text_samples(trainer, tag)
+            return write_text_samples(trainer, pipe, tag)
         n, k = cfg.num_samples, pipe.num_classes
         labels = None if k is None else torch.arange(n) % k
         x = pipe.sample(n, sampler=cfg.sampler, num_inference_steps=cfg.sample_steps, seed=cfg.seed,

@@ -56,7 +56,7 @@ class _Restore:
     autocast when asked (the degradation runs in float32 in the samplers)."""
 
     def __init__(self, restorer: ColdRestorer, bf16: bool):
-        self.restorer, self.bf16, self.process = restorer, bf16, restorer.degradation
+        self.restorer, self.bf16, self.process = restorer, bf16, restorer.process
 
     def __call__(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):

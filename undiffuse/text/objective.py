@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..data import TensorData
 
-__all__ = ["CaptionEmbedder", "caption_embedder", "drop_captions", "preview_prompts", "prompt_grid",
+__all__ = ["CaptionEmbedder", "caption_embedder", "preview_prompts", "prompt_grid",
            "write_text_samples", "PREVIEW_PROMPTS"]
 
 #: Rows (prompts) of the grids written during training.
@@ -51,13 +51,6 @@ class CaptionEmbedder:
     def config(self) -> dict:
         """What ``undiffuse.load`` needs to rebuild the encoder for prompts."""
         return {"encoder": self.encoder.name, "max_length": self.encoder.max_length, "dim": self.encoder.dim}
-
-
-def drop_captions(gen: torch.Generator, b: int, p: float) -> Tensor:
-    """Which of ``b`` captions to replace by the empty one: each with probability ``p``, drawn from
-    ``gen`` as one ``rand(b)`` (the same draw as label dropout, so both kinds of run advance the
-    generator alike)."""
-    return torch.rand(b, generator=gen) < p
 
 
 def caption_embedder(cfg, data: TensorData, encoder=None) -> CaptionEmbedder:
@@ -108,13 +101,14 @@ def prompt_grid(pipe, prompts: list[str], per_prompt: int, path: str | Path, spe
     return save_labelled_grid(rows, path, row_labels=prompts)
 
 
-def write_text_samples(trainer, tag: str) -> Path:
-    """``samples/TAG.png``: a grid of preview prompts (rows) x seeds, with the configured guidance;
-    about as many rows as columns for small grids, at most ``PREVIEW_PROMPTS`` rows."""
+def write_text_samples(trainer, pipe, tag: str) -> Path:
+    """``samples/TAG.png``: a grid of preview prompts (rows) x seeds drawn by ``pipe`` (the trainer's
+    EMA pipeline), with the configured guidance; about as many rows as columns for small grids, at
+    most ``PREVIEW_PROMPTS`` rows."""
     cfg = trainer.cfg
     rows = min(PREVIEW_PROMPTS, max(1, round(math.sqrt(cfg.num_samples))))
     prompts = preview_prompts(trainer.data, rows, seed=cfg.seed)
     per_prompt = max(1, cfg.num_samples // max(1, len(prompts)))
-    return prompt_grid(trainer.pipeline(), prompts, per_prompt, trainer.run_dir / "samples" / f"{tag}.png",
+    return prompt_grid(pipe, prompts, per_prompt, trainer.run_dir / "samples" / f"{tag}.png",
                        sampler=cfg.sampler, num_inference_steps=cfg.sample_steps, seed=cfg.seed,
                        guidance=cfg.guidance)
