@@ -54,10 +54,11 @@ RUNS: dict[str, dict] = {
     # steps, so the learning rate restarts at half its peak (a warm restart, the same for both).
     "blur-7k": dict(process="blur", data="mnist", max_train_steps=7000, continue_from="blur", **RECIPE),
     "ddpm-7k": dict(process="ddpm:cosine:1000", data="mnist", max_train_steps=7000, continue_from="ddpm"),
+    "fade-3k": dict(process="fade:source=photos", data="mnist", max_train_steps=3000, continue_from="fade", **RECIPE),
 }
 #: Restoration steps where every severity would take too long on a CPU (fade: 20 of T = 200, evenly
 #: spaced); the others restore through every severity, as the paper does.
-RESTORE_STEPS = {"fade": 20}
+RESTORE_STEPS = {"fade": 20, "fade-3k": 20}
 #: The pixelate prior's mixture size, chosen by ``prior-sweep`` (docs/cold_prior_sweep_pixelate.json: the best
 #: FID-style against training digits that the fit did not see; the held-out digits play no part).
 PIXELATE_COMPONENTS = 160
@@ -267,6 +268,8 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
                                            dict(sampler="improved"))),
         "fade": ("animorphosis: a random photo patch (fade source) restored to a digit, Alg. 2 (20 NFE)", "fade",
                  lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
+        "fade-3k": ("animorphosis (3000 steps), a random photo patch restored to a digit, Alg. 2 (20 NFE)", "fade-3k",
+                    lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
     }
 
 
