@@ -1,0 +1,80 @@
+"""What export and import share about folders: an output is written whole or not at all, into a
+target that is new or empty, and an input file is read with an error naming it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .diffusers_unet import InteropError
+
+__all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "read_tensors"]
+
+
+def check_target(out: Path, flag: str) -> None:
+    """Refuse an output folder that exists with something in it (or is a file): nothing is
+    overwritten or mixed with what is there."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise InteropError(f"{flag} {out} exists and is not a folder; choose a new path")
+    if out.is_dir() and any(out.iterdir()):
+        raise InteropError(f"{flag} {out} exists and is not empty; choose a new folder (or empty this one): "
+                           "nothing is overwritten")
+
+
+@contextmanager
+def staged_folder(out: Path, flag: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; renamed to ``out`` when the block ends
+    without an error, deleted otherwise (so a refusal or a crash writes nothing at ``out``)."""
+    check_target(out, flag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+    try:
+        yield tmp
+        check_target(out, flag)  # again: something may have appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()  # empty (checked): rename cannot replace a folder otherwise on every system
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_file(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A JSON object file of a diffusers folder, or an error naming the file."""
+    if not path.is_file():
+        raise InteropError(f"{path} is missing: a diffusers folder for {what} needs it "
+                           "(as written by `save_pretrained`)")
+    try:
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InteropError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InteropError(f"{path} holds {type(obj).__name__}, not a JSON object")
+    return obj
+
+
+def read_tensors(folder: Path, name: str) -> dict[str, Tensor]:
+    """``folder/name.safetensors``; a pickled ``name.bin`` alone is refused (loading it would run code)."""
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        pickled = folder / f"{name}.bin"
+        hint = (f" ({pickled.name} is there, a pickle, which undiffuse never loads: re-save the model with "
+                "diffusers' save_pretrained(..., safe_serialization=True))") if pickled.exists() else ""
+        raise InteropError(f"{path} is missing{hint}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InteropError(f"cannot read {path}: {e}; it is corrupt or not a safetensors file") from None

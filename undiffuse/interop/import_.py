@@ -1,0 +1,143 @@
+"""`undiffuse import --from diffusers`: a diffusers pipeline folder as an undiffuse run directory.
+
+Reads model_index.json (DDIMPipeline or DDPMPipeline), unet/config.json (UNet2DModel) with
+unet/diffusion_pytorch_model.safetensors, and scheduler/scheduler_config.json (DDIMScheduler or
+DDPMScheduler); writes config.json and checkpoints/step-00000000/{model,ema}.safetensors (the same
+weights in both) with checkpoints/latest, which ``undiffuse.load``, `undiffuse sample` and
+`undiffuse eval` read like a trained run's. Every file is checked before anything is written, and
+the run directory is written whole or not at all.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..checkpoint import step_name
+from ..config import TrainConfig
+from ..denoiser import Denoiser
+from ..nets import UNet, build_net, net_config
+from ..processes import from_config
+from .diffusers_unet import InteropError, Pair, tensor_map, unet_from_diffusers
+from .export import UNDIFFUSE_KEY
+from .folders import read_config, read_tensors, staged_folder, write_json_file
+from .scheduler import SCHEDULERS, scheduler_from_diffusers
+from .time_input import TABLE_ATOL, positional_settings, time_table
+
+__all__ = ["import_diffusers", "NO_DATASET"]
+
+#: train.data of an imported run whose dataset nobody named: `undiffuse eval` then says it is unknown.
+NO_DATASET = "unknown (imported from diffusers: pass --data at import to evaluate against a dataset)"
+
+
+def import_diffusers(src: str | Path, out: str | Path, *, data: str | None = None) -> Path:
+    """Read the diffusers folder ``src`` into a new run directory ``out`` (new or empty); returns
+    ``out``. ``data``: the dataset the model was trained on, for `undiffuse eval` (default: what an
+    undiffuse export recorded, else unknown)."""
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise InteropError(f"{src} is not a folder: expected a diffusers pipeline folder (model_index.json, "
+                           "unet/, scheduler/)")
+    index = read_config(src / "model_index.json", "a pipeline")
+    _check_index(index, src / "model_index.json")
+    unet_cfg = read_config(src / "unet" / "config.json", "its UNet")
+    where = src / "unet" / "config.json"
+    if unet_cfg.get("_class_name") != "UNet2DModel":
+        raise InteropError(f"{where}: _class_name={unet_cfg.get('_class_name')!r}: only UNet2DModel is imported "
+                           "(UNet2DConditionModel's transformer blocks have no undiffuse counterpart)")
+    sched_path = src / "scheduler" / "scheduler_config.json"
+    process_cfg, denoiser_cfg = scheduler_from_diffusers(read_config(sched_path, "its scheduler"), sched_path)
+    process = from_config(process_cfg)
+    net_cfg = unet_from_diffusers(unet_cfg, str(where))
+    learned = unet_cfg.get("time_embedding_type", "positional") == "learned"
+    if not learned:
+        net_cfg.update(positional_settings(process.num_steps))
+    elif unet_cfg.get("num_train_timesteps") != process.num_steps:
+        raise InteropError(f"{where}: num_train_timesteps={unet_cfg.get('num_train_timesteps')!r} (rows of the "
+                           f"learned time table) differs from the scheduler's {process.num_steps}")
+    net = build_net(net_cfg)
+    tensors = read_tensors(src / "unet", "diffusion_pytorch_model")
+    weights_path = src / "unet" / "diffusion_pytorch_model.safetensors"
+    _load_unet(net, tensors, weights_path, learned)
+    if learned:
+        _check_time_table(tensors["time_proj.weight"], net, process, weights_path)
+    denoiser = Denoiser(net, process, denoiser_cfg["prediction"], clip_x0=denoiser_cfg["clip_x0"])
+    meta = index.get(UNDIFFUSE_KEY) if isinstance(index.get(UNDIFFUSE_KEY), dict) else {}
+    config = _run_config(net, net_cfg, process_cfg, denoiser_cfg, meta, data, src, out)
+    state = {k: v.contiguous() for k, v in denoiser.state_dict().items()}
+    with staged_folder(out, "--out") as tmp:
+        write_json_file(tmp / "config.json", config)
+        ckpt = tmp / "checkpoints" / step_name(0)
+        ckpt.mkdir(parents=True)
+        for name in ("model", "ema"):  # one set of weights: no training state to resume from
+            save_file(state, str(ckpt / f"{name}.safetensors"))
+        (tmp / "checkpoints" / "latest").write_text(step_name(0) + "\n")
+    return out
+
+
+def _check_index(index: dict, path: Path) -> None:
+    cls = index.get("_class_name")
+    if cls not in SCHEDULERS.values():
+        raise InteropError(f"{path}: _class_name={cls!r}: only {sorted(SCHEDULERS.values())} folders are imported")
+    if index.get("vae") is not None or index.get("vqvae") is not None:
+        raise InteropError(f"{path}: a latent pipeline (vae) is not imported yet")
+    for part in ("unet", "scheduler"):
+        if index.get(part) is None:
+            raise InteropError(f"{path} names no {part!r} component; a {cls} folder has unet/ and scheduler/")
+
+
+def _load_unet(net: UNet, tensors: dict[str, Tensor], path: Path, learned: bool) -> None:
+    """Load diffusers' tensors into ``net``, refused naming the first tensor that is missing,
+    unexpected or of another shape than the config implies."""
+    ours = net.state_dict()
+    pairs = tensor_map(net)
+    expected = {name for p in pairs for name in p.theirs} | ({"time_proj.weight"} if learned else set())
+    missing = sorted(expected - set(tensors))
+    extra = sorted(set(tensors) - expected)
+    if missing or extra:
+        what = (f"lacks tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                if missing else f"holds tensor {extra[0]!r}, which unet/config.json does not describe")
+        raise InteropError(f"{path} {what}: the weights and config.json are of different models")
+    state = {}
+    for pair in pairs:
+        _check_shapes(pair, tensors, ours[pair.ours].shape, path)
+        state[pair.ours] = pair.to_ours([tensors[n] for n in pair.theirs], ours[pair.ours].shape)
+    net.load_state_dict(state)
+
+
+def _check_shapes(pair: Pair, tensors: dict[str, Tensor], shape: torch.Size, path: Path) -> None:
+    for name, want in zip(pair.theirs, pair.their_shapes(shape)):
+        if tuple(tensors[name].shape) != want or not tensors[name].is_floating_point():
+            raise InteropError(f"{path}: tensor {name!r} is {tensors[name].dtype} {tuple(tensors[name].shape)}, but "
+                               f"unet/config.json implies a float {want}: the weights and config are of different "
+                               "models")
+
+
+def _check_time_table(table: Tensor, net: UNet, process, path: Path) -> None:
+    """A learned time table is accepted when it is our sinusoid at our labels (an undiffuse export):
+    our U-Net computes it, so the table itself is not kept."""
+    ours = time_table(net, process)
+    if table.shape != ours.shape or float((table.float() - ours).abs().max()) > TABLE_ATOL:
+        raise InteropError(f"{path}: tensor 'time_proj.weight' is a learned time table that is not undiffuse's "
+                           "sinusoid of its noise labels (an undiffuse export's); our U-Net embeds time "
+                           "sinusoidally and has no learned table")
+
+
+def _run_config(net: UNet, net_cfg: dict, process_cfg: dict, denoiser_cfg: dict, meta: dict, data: str | None,
+                src: Path, out: Path) -> dict:
+    """config.json of the imported run, in the layout the trainer writes."""
+    recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    classes = net.num_classes
+    names = recorded.get("class_names") if recorded.get("num_classes") == classes else None
+    dataset = data or meta.get("dataset") or NO_DATASET
+    train = TrainConfig(data=dataset, net=net_cfg, process=process_cfg, prediction=denoiser_cfg["prediction"],
+                        clip_x0=denoiser_cfg["clip_x0"], class_conditional=classes is not None,
+                        out=str(out), max_train_steps=1)
+    return {"train": asdict(train), "net": net_config(net),
+            "process": process_cfg, "denoiser": denoiser_cfg,
+            "data": {"name": dataset, "shape": [net.in_channels, net.image_size, net.image_size],
+                     "num_classes": classes, "class_names": names},
+            "text": None, "imported_from": {"diffusers": str(src.resolve())}}
