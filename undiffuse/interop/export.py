@@ -45,7 +45,7 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, weights: str = "em
         raise InteropError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}")
     cfg = read_run_config(run_dir)
     if is_cold(cfg["process"]):
-        raise InteropError(f"process {cfg['process'].get('name', cfg['process'])!r} is a cold degradation: a "
+        raise InteropError(f"process {cfg['process'].get('type')!r} is a cold degradation: a "
                            "restorer R(x_t, t) sampled by Bansal et al.'s algorithms, which no diffusers "
                            "scheduler runs")
     ckpt = latest_checkpoint(run_dir)
