@@ -136,3 +136,17 @@ def test_an_import_without_a_recorded_dataset_says_so(exported, tmp_path):
     DDIMPipeline.from_pretrained(folder).save_pretrained(plain)  # diffusers' own writing: no _undiffuse entry
     imported = import_diffusers(plain, tmp_path / "imported")
     assert read_json(imported / "config.json")["train"]["data"] == NO_DATASET
+
+
+def test_eval_accepts_an_imported_run(exported, tmp_path, monkeypatch):
+    """An imported run has no training log: eval measures it and leaves out only the loss curve."""
+    name, _, folder = exported
+    if name != "eps-linear":
+        pytest.skip("one eval is enough")
+    from undiffuse.evaluate import evaluate
+
+    monkeypatch.setenv("UNDIFFUSE_CACHE", str(tmp_path / "cache"))  # the digits feature net, trained here
+    imported = import_diffusers(folder, tmp_path / "imported")
+    result = evaluate(imported, n=100, num_inference_steps=3, nll_images=4, nll_steps=5)
+    assert np.isfinite(result["fid"]) and np.isfinite(result["bits_per_dim_vlb"])
+    assert "loss" not in result["plots"] and Path(result["plots"]["samples"]).is_file()
