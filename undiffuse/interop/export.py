@@ -4,7 +4,7 @@
     OUT/unet/config.json                        UNet2DModel
     OUT/unet/diffusion_pytorch_model.safetensors
     OUT/scheduler/scheduler_config.json         DDIMScheduler (or DDPMScheduler)
-    OUT/vae/...                                 latent runs (``vae.py``)
+    OUT/vqvae/...                               latent runs: AutoencoderKL (``vae.py``; not wired yet)
 
 ``DDIMPipeline.from_pretrained(OUT)`` then samples what undiffuse samples. Everything is checked
 before anything is written, and the folder is written whole or not at all (``folders.staged_folder``).
@@ -25,7 +25,7 @@ from .diffusers_unet import DIFFUSERS_VERSION, InteropError, check_exportable, t
 from .folders import staged_folder, write_json_file
 from .scheduler import SCHEDULERS, scheduler_to_diffusers
 from .time_input import is_positional, time_table
-from .vae import export_vae, latent_autoencoder
+from .vae import VAE_COMPONENT, export_vae, latent_autoencoder
 
 __all__ = ["export_diffusers", "UNDIFFUSE_KEY"]
 
@@ -69,7 +69,7 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, weights: str = "em
         save_file(tensors, str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
         write_json_file(tmp / "scheduler" / "scheduler_config.json", sched)
         if autoencoder is not None:
-            export_vae(autoencoder, tmp / "vae")
+            export_vae(autoencoder, tmp / VAE_COMPONENT)
     return out
 
 
@@ -87,5 +87,5 @@ def _model_index(scheduler: str, cfg: dict, latent: bool) -> dict:
              "scheduler": ["diffusers", scheduler], "unet": ["diffusers", "UNet2DModel"],
              UNDIFFUSE_KEY: {"data": cfg["data"], "dataset": cfg["train"]["data"]}}
     if latent:
-        index["vae"] = ["diffusers", "AutoencoderKL"]
+        index.update(_class_name="LDMPipeline", **{VAE_COMPONENT: ["diffusers", "AutoencoderKL"]})
     return index

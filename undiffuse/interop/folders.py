@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .diffusers_unet import InteropError
 
-__all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "read_tensors"]
+__all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "read_tensors", "check_tensors"]
 
 
 def check_target(out: Path, flag: str) -> None:
@@ -78,3 +78,21 @@ def read_tensors(folder: Path, name: str) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise InteropError(f"cannot read {path}: {e}; it is corrupt or not a safetensors file") from None
+
+
+def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, Tensor], path: Path, config: str) -> None:
+    """Refuse ``tensors`` (read from ``path``) unless they are exactly the float tensors ``expected``
+    (name -> shape, as ``config`` implies), naming the first that is missing, unexpected or misshapen."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InteropError(f"{path} lacks tensor {missing[0]!r}{more}: the weights and {config} are of different models")
+    if extra:
+        raise InteropError(f"{path} holds tensor {extra[0]!r}, which {config} does not describe: the weights and "
+                           f"{config} are of different models")
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(shape) or not t.is_floating_point():
+            raise InteropError(f"{path}: tensor {name!r} is {t.dtype} {tuple(t.shape)}, but {config} implies a float "
+                               f"{tuple(shape)}: the weights and {config} are of different models")
