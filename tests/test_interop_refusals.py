@@ -147,13 +147,14 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("scheduler/scheduler_config.json", lambda c: c.update(thresholding=True), r"thresholding=True"),
     ("unet/config.json", lambda c: c.update(resnet_time_scale_shift="spatial"),
      r"resnet_time_scale_shift='spatial'"),
+    ("unet/config.json", lambda c: c.update(time_embedding_type="fourier"), r"time_embedding_type='fourier'"),
     ("unet/config.json", lambda c: c.update(norm_eps=1e-6), r"norm_eps=1e-06: undiffuse's U-Net has no such option"),
     ("unet/config.json", lambda c: c.update(down_block_types=["DownBlock2D", "SkipDownBlock2D"]),
      r"SkipDownBlock2D has no undiffuse counterpart"),
     ("unet/config.json", lambda c: c.update(up_block_types=["UpBlock2D", "UpBlock2D"]), r"up_block_types="),
     ("unet/config.json", lambda c: c.update(norm_num_groups=3), r"norm_num_groups=3: must divide"),
     ("unet/config.json", lambda c: c.update(mystery_option=1), r"mystery_option=1: a UNet2DModel setting"),
-], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "spatial", "eps",
+], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "spatial", "fourier", "eps",
         "down-block", "up-block", "groups", "unknown-key"])
 def test_unknown_or_inexpressible_configs_are_refused(made, tmp_path, file, edit, match):
     _refused_import(_edited_folder(made, tmp_path, file, edit), tmp_path, match)
@@ -161,7 +162,8 @@ def test_unknown_or_inexpressible_configs_are_refused(made, tmp_path, file, edit
 
 @pytest.mark.parametrize("edit, match", [
     (lambda t: t.update({"conv_in.weight": torch.zeros(8, 1, 5, 5)}),
-     r"tensor 'conv_in\.weight' is torch\.float32 \(8, 1, 5, 5\), but unet/config\.json implies a float \(8, 1, 3, 3\)"),
+     r"tensor 'conv_in\.weight' is torch\.float32 \(8, 1, 5, 5\), but unet/config\.json implies a float "
+     r"\(8, 1, 3, 3\)"),
     (lambda t: t.pop("mid_block.attentions.0.to_k.weight"), r"lacks tensor 'mid_block\.attentions\.0\.to_k\.weight'"),
     (lambda t: t.update({"extra.weight": torch.zeros(1)}), r"holds tensor 'extra\.weight'"),
     (lambda t: t["time_proj.weight"].mul_(2), r"tensor 'time_proj\.weight' is a learned time table that is not"),

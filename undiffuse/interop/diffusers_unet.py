@@ -33,7 +33,7 @@ __all__ = ["Pair", "tensor_map", "check_exportable", "unet_to_diffusers", "unet_
            "DIFFUSERS_VERSION", "InteropError"]
 
 #: The diffusers release whose layout this module writes and reads (tests/test_interop_*.py check it).
-DIFFUSERS_VERSION = "0.42.0"
+DIFFUSERS_VERSION = "0.42.1"
 
 
 class InteropError(ValueError):
@@ -72,13 +72,15 @@ def _as_linear(t: Tensor) -> Tensor:
 
 
 def _module_pairs(ours: str, theirs: str, names: dict[str, str], kinds: dict[str, str] | None = None) -> list[Pair]:
+    """Weight and bias of each layer ``names`` maps (our name -> theirs, "|" between several of theirs),
+    under the module paths ``ours`` and ``theirs`` ("" at the top)."""
     kinds = kinds or {}
-    return [Pair(f"{ours}.{a}.{p}", tuple(f"{theirs}.{b}.{p}" for b in _split(b_names)), kinds.get(a, "same"))
+    return [Pair(_join(ours, a, p), tuple(_join(theirs, b, p) for b in b_names.split("|")), kinds.get(a, "same"))
             for a, b_names in names.items() for p in ("weight", "bias")]
 
 
-def _split(names: str) -> list[str]:
-    return names.split("|")
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 #: Our residual block's layers -> ResnetBlock2D's; our attention's -> Attention's ("|": one our
@@ -126,7 +128,7 @@ def tensor_map(net: UNet) -> list[Pair]:
         if up < levels - 1:
             pairs += _module_pairs(f"dec.{index}", f"up_blocks.{up}.upsamplers.0", {"conv": "conv"})
             index += 1
-    return [Pair(p.ours.lstrip("."), tuple(t.lstrip(".") for t in p.theirs), p.kind) for p in pairs]
+    return pairs
 
 
 # --- configs ----------------------------------------------------------------------------------------
@@ -226,6 +228,9 @@ def unet_from_diffusers(c: dict, where: str) -> dict:
     for key, value in FIXED.items():
         if c.get(key, value) != value:
             raise refuse(key, f"undiffuse's U-Net has no such option (it computes {key}={value!r})")
+    if c.get("time_embedding_type", "positional") not in ("positional", "learned"):
+        raise refuse("time_embedding_type", "undiffuse's U-Net embeds time sinusoidally ('positional'; a "
+                                            "'learned' table only when it is undiffuse's own sinusoid)")
     channels = list(c.get("block_out_channels", (224, 448, 672, 896)))
     base = channels[0]
     if any(ch % base for ch in channels):

@@ -87,7 +87,8 @@ def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, Tenso
     extra = sorted(set(tensors) - set(expected))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InteropError(f"{path} lacks tensor {missing[0]!r}{more}: the weights and {config} are of different models")
+        raise InteropError(f"{path} lacks tensor {missing[0]!r}{more}: the weights and {config} are of "
+                           "different models")
     if extra:
         raise InteropError(f"{path} holds tensor {extra[0]!r}, which {config} does not describe: the weights and "
                            f"{config} are of different models")
