@@ -91,11 +91,10 @@ def test_label_shift_embeds_the_shifted_label():
     label n (n + 1 - 1 is exact in float32); the default (1, 0) computes nothing extra."""
     torch.manual_seed(0)
     plain = build_net("tiny", num_groups=16)
+    for p in plain.parameters():  # away from the zero init, so that the time embedding matters
+        torch.nn.init.normal_(p, std=0.1)
     shifted = build_net("tiny", num_groups=16, label_shift=-1.0)
     shifted.load_state_dict(plain.state_dict())
-    for p in shifted.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    plain.load_state_dict(shifted.state_dict())
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(shifted(x, torch.tensor([11.0, 500.0])), plain(x, torch.tensor([10.0, 499.0])))

@@ -145,6 +145,7 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("scheduler/scheduler_config.json", lambda c: c.update(beta_schedule="scaled_linear"),
      r"beta_schedule='scaled_linear'"),
     ("scheduler/scheduler_config.json", lambda c: c.update(thresholding=True), r"thresholding=True"),
+    ("scheduler/scheduler_config.json", lambda c: c.update(shift=3.0), r"shift=3\.0: a scheduler setting"),
     ("unet/config.json", lambda c: c.update(resnet_time_scale_shift="spatial"),
      r"resnet_time_scale_shift='spatial'"),
     ("unet/config.json", lambda c: c.update(time_embedding_type="fourier"), r"time_embedding_type='fourier'"),
@@ -154,7 +155,7 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("unet/config.json", lambda c: c.update(up_block_types=["UpBlock2D", "UpBlock2D"]), r"up_block_types="),
     ("unet/config.json", lambda c: c.update(norm_num_groups=3), r"norm_num_groups=3: must divide"),
     ("unet/config.json", lambda c: c.update(mystery_option=1), r"mystery_option=1: a UNet2DModel setting"),
-], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "spatial", "fourier", "eps",
+], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "sched-key", "spatial", "fourier", "eps",
         "down-block", "up-block", "groups", "unknown-key"])
 def test_unknown_or_inexpressible_configs_are_refused(made, tmp_path, file, edit, match):
     _refused_import(_edited_folder(made, tmp_path, file, edit), tmp_path, match)

@@ -78,6 +78,9 @@ def scheduler_from_diffusers(c: dict, where: str) -> tuple[dict, dict]:
     if c.get("_class_name") not in SCHEDULERS:
         raise refuse("_class_name", f"only {sorted(SCHEDULERS)} are imported (a scheduler with other maths, "
                                     "or another process, has no undiffuse counterpart)")
+    unknown = sorted(k for k in c if not k.startswith("_") and k not in FIXED and k not in IGNORED)
+    if unknown:
+        raise refuse(unknown[0], "a scheduler setting this importer does not know (newer diffusers?)")
     for key, value in FIXED.items():
         if c.get(key, value) != value:
             raise refuse(key, f"undiffuse's DDPM has no such option (only {key}={value!r})")
