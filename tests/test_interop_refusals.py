@@ -155,8 +155,9 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("unet/config.json", lambda c: c.update(up_block_types=["UpBlock2D", "UpBlock2D"]), r"up_block_types="),
     ("unet/config.json", lambda c: c.update(norm_num_groups=3), r"norm_num_groups=3: must divide"),
     ("unet/config.json", lambda c: c.update(mystery_option=1), r"mystery_option=1: a UNet2DModel setting"),
+    ("unet/config.json", lambda c: c.update(layers_per_block="2"), r"does not build an undiffuse U-Net \(TypeError"),
 ], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "sched-key", "spatial", "fourier", "eps",
-        "down-block", "up-block", "groups", "unknown-key"])
+        "down-block", "up-block", "groups", "unknown-key", "wrong-type"])
 def test_unknown_or_inexpressible_configs_are_refused(made, tmp_path, file, edit, match):
     _refused_import(_edited_folder(made, tmp_path, file, edit), tmp_path, match)
 

@@ -22,7 +22,7 @@ from ..denoiser import Denoiser
 from ..processes import from_config
 from ..run_files import build_run_net, load_checked, read_run_config
 from .diffusers_unet import DIFFUSERS_VERSION, InteropError, check_exportable, tensor_map, unet_to_diffusers
-from .folders import staged_folder, write_json_file
+from .folders import check_target, staged_folder, write_json_file
 from .scheduler import SCHEDULERS, scheduler_to_diffusers
 from .time_input import is_positional, time_table
 from .vae import VAE_COMPONENT, export_vae, latent_autoencoder
@@ -43,6 +43,7 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, weights: str = "em
         raise InteropError(f"weights must be 'ema' (the default) or 'model' (the raw weights), got {weights!r}")
     if scheduler not in SCHEDULERS:
         raise InteropError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}")
+    check_target(out, "the export target")  # before any reading: fail fast
     cfg = read_run_config(run_dir)
     if is_cold(cfg["process"]):
         raise InteropError(f"process {cfg['process'].get('type')!r} is a cold degradation: a "

@@ -22,7 +22,7 @@ from ..nets import UNet, build_net, net_config
 from ..processes import from_config
 from .diffusers_unet import InteropError, tensor_map, unet_from_diffusers
 from .export import UNDIFFUSE_KEY
-from .folders import check_tensors, read_config, read_tensors, staged_folder, write_json_file
+from .folders import check_target, check_tensors, read_config, read_tensors, staged_folder, write_json_file
 from .scheduler import SCHEDULERS, scheduler_from_diffusers
 from .time_input import TABLE_ATOL, positional_settings, time_table
 
@@ -37,35 +37,19 @@ def import_diffusers(src: str | Path, out: str | Path, *, data: str | None = Non
     ``out``. ``data``: the dataset the model was trained on, for `undiffuse eval` (default: what an
     undiffuse export recorded, else unknown)."""
     src, out = Path(src), Path(out)
+    check_target(out, "--out")  # before any reading: fail fast
     if not src.is_dir():
         raise InteropError(f"{src} is not a folder: expected a diffusers pipeline folder (model_index.json, "
                            "unet/, scheduler/)")
     index = read_config(src / "model_index.json", "a pipeline")
     _check_index(index, src / "model_index.json")
-    unet_cfg = read_config(src / "unet" / "config.json", "its UNet")
-    where = src / "unet" / "config.json"
-    if unet_cfg.get("_class_name") != "UNet2DModel":
-        raise InteropError(f"{where}: _class_name={unet_cfg.get('_class_name')!r}: only UNet2DModel is imported "
-                           "(UNet2DConditionModel's transformer blocks have no undiffuse counterpart)")
     sched_path = src / "scheduler" / "scheduler_config.json"
     process_cfg, denoiser_cfg = scheduler_from_diffusers(read_config(sched_path, "its scheduler"), sched_path)
     process = from_config(process_cfg)
-    net_cfg = unet_from_diffusers(unet_cfg, str(where))
-    learned = unet_cfg.get("time_embedding_type", "positional") == "learned"
-    if not learned:
-        net_cfg.update(positional_settings(process.num_steps))
-    elif unet_cfg.get("num_train_timesteps") != process.num_steps:
-        raise InteropError(f"{where}: num_train_timesteps={unet_cfg.get('num_train_timesteps')!r} (rows of the "
-                           f"learned time table) differs from the scheduler's {process.num_steps}")
-    net = build_net(net_cfg)
-    tensors = read_tensors(src / "unet", "diffusion_pytorch_model")
-    weights_path = src / "unet" / "diffusion_pytorch_model.safetensors"
-    _load_unet(net, tensors, weights_path, process.num_steps if learned else None)
-    if learned:
-        _check_time_table(tensors["time_proj.weight"], net, process, weights_path)
+    net = _read_unet(src / "unet", process)
     denoiser = Denoiser(net, process, denoiser_cfg["prediction"], clip_x0=denoiser_cfg["clip_x0"])
     meta = index.get(UNDIFFUSE_KEY) if isinstance(index.get(UNDIFFUSE_KEY), dict) else {}
-    config = _run_config(net, net_cfg, process_cfg, denoiser_cfg, meta, data, src, out)
+    config = _run_config(net, process_cfg, denoiser_cfg, meta, data, src, out)
     state = {k: v.contiguous() for k, v in denoiser.state_dict().items()}
     with staged_folder(out, "--out") as tmp:
         write_json_file(tmp / "config.json", config)
@@ -75,6 +59,32 @@ def import_diffusers(src: str | Path, out: str | Path, *, data: str | None = Non
             save_file(state, str(ckpt / f"{name}.safetensors"))
         (tmp / "checkpoints" / "latest").write_text(step_name(0) + "\n")
     return out
+
+
+def _read_unet(folder: Path, process) -> UNet:
+    """Our U-Net with the weights of the UNet2DModel in ``folder``, every setting and tensor checked."""
+    where = folder / "config.json"
+    unet_cfg = read_config(where, "its UNet")
+    if unet_cfg.get("_class_name") != "UNet2DModel":
+        raise InteropError(f"{where}: _class_name={unet_cfg.get('_class_name')!r}: only UNet2DModel is imported "
+                           "(UNet2DConditionModel's transformer blocks have no undiffuse counterpart)")
+    net_cfg = unet_from_diffusers(unet_cfg, str(where))
+    learned = unet_cfg.get("time_embedding_type", "positional") == "learned"
+    if not learned:
+        net_cfg.update(positional_settings(process.num_steps))
+    elif unet_cfg.get("num_train_timesteps") != process.num_steps:
+        raise InteropError(f"{where}: num_train_timesteps={unet_cfg.get('num_train_timesteps')!r} (rows of the "
+                           f"learned time table) differs from the scheduler's {process.num_steps}")
+    try:
+        net = build_net(net_cfg)
+    except (TypeError, ValueError) as e:  # a value of the wrong type, say
+        raise InteropError(f"{where}: does not build an undiffuse U-Net ({type(e).__name__}: {e})") from None
+    tensors = read_tensors(folder, "diffusion_pytorch_model")
+    weights_path = folder / "diffusion_pytorch_model.safetensors"
+    _load_unet(net, tensors, weights_path, process.num_steps if learned else None)
+    if learned:
+        _check_time_table(tensors["time_proj.weight"], net, process, weights_path)
+    return net
 
 
 def _check_index(index: dict, path: Path) -> None:
@@ -111,17 +121,18 @@ def _check_time_table(table: Tensor, net: UNet, process, path: Path) -> None:
                            "sinusoidally and has no learned table")
 
 
-def _run_config(net: UNet, net_cfg: dict, process_cfg: dict, denoiser_cfg: dict, meta: dict, data: str | None,
-                src: Path, out: Path) -> dict:
+def _run_config(net: UNet, process_cfg: dict, denoiser_cfg: dict, meta: dict, data: str | None, src: Path,
+                out: Path) -> dict:
     """config.json of the imported run, in the layout the trainer writes."""
     recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     classes = net.num_classes
     names = recorded.get("class_names") if recorded.get("num_classes") == classes else None
     dataset = data or meta.get("dataset") or NO_DATASET
+    net_cfg = net_config(net)
     train = TrainConfig(data=dataset, net=net_cfg, process=process_cfg, prediction=denoiser_cfg["prediction"],
                         clip_x0=denoiser_cfg["clip_x0"], class_conditional=classes is not None,
-                        out=str(out), max_train_steps=1)
-    return {"train": asdict(train), "net": net_config(net),
+                        out=str(out))
+    return {"train": asdict(train), "net": net_cfg,
             "process": process_cfg, "denoiser": denoiser_cfg,
             "data": {"name": dataset, "shape": [net.in_channels, net.image_size, net.image_size],
                      "num_classes": classes, "class_names": names},
