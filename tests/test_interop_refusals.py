@@ -155,9 +155,13 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("unet/config.json", lambda c: c.update(up_block_types=["UpBlock2D", "UpBlock2D"]), r"up_block_types="),
     ("unet/config.json", lambda c: c.update(norm_num_groups=3), r"norm_num_groups=3: must divide"),
     ("unet/config.json", lambda c: c.update(mystery_option=1), r"mystery_option=1: a UNet2DModel setting"),
-    ("unet/config.json", lambda c: c.update(layers_per_block="2"), r"does not build an undiffuse U-Net \(TypeError"),
+    ("unet/config.json", lambda c: c.update(layers_per_block="2"), r"config\.json: a setting has a value of the wrong"),
+    ("unet/config.json", lambda c: c.update(norm_num_groups=None), r"config\.json: a setting has a value of the wrong"),
+    ("scheduler/scheduler_config.json", lambda c: c.update(clip_sample_range="one"),
+     r"scheduler_config\.json: a setting has a value of the wrong type or form \(ValueError"),
 ], ids=["pipeline", "unet-class", "scheduler-class", "scaled-linear", "thresholding", "sched-key", "spatial", "fourier", "eps",
-        "down-block", "up-block", "groups", "unknown-key", "wrong-type"])
+        "down-block", "up-block", "groups", "unknown-key", "wrong-type",
+        "groups-none", "wrong-type-scheduler"])
 def test_unknown_or_inexpressible_configs_are_refused(made, tmp_path, file, edit, match):
     _refused_import(_edited_folder(made, tmp_path, file, edit), tmp_path, match)
 

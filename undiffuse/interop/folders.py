@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .diffusers_unet import InteropError
 
-__all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "read_tensors", "check_tensors"]
+__all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "config_values", "read_tensors",
+           "check_tensors"]
 
 
 def check_target(out: Path, flag: str) -> None:
@@ -64,6 +65,19 @@ def read_config(path: Path, what: str) -> dict:
     if not isinstance(obj, dict):
         raise InteropError(f"{path} holds {type(obj).__name__}, not a JSON object")
     return obj
+
+
+@contextmanager
+def config_values(path: Path) -> Iterator[None]:
+    """Turn what a setting of the wrong type raises while a config is read (a string where a number
+    belongs, say) into an error naming the file; our own refusals pass through."""
+    try:
+        yield
+    except InteropError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise InteropError(f"{path}: a setting has a value of the wrong type or form ({type(e).__name__}: {e}); "
+                           "the file was not written by diffusers' save_pretrained, or was edited") from None
 
 
 def read_tensors(folder: Path, name: str) -> dict[str, Tensor]:

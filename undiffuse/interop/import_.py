@@ -22,7 +22,7 @@ from ..nets import UNet, build_net, net_config
 from ..processes import from_config
 from .diffusers_unet import InteropError, tensor_map, unet_from_diffusers
 from .export import UNDIFFUSE_KEY
-from .folders import check_target, check_tensors, read_config, read_tensors, staged_folder, write_json_file
+from .folders import check_target, check_tensors, config_values, read_config, read_tensors, staged_folder, write_json_file
 from .scheduler import SCHEDULERS, scheduler_from_diffusers
 from .time_input import TABLE_ATOL, positional_settings, time_table
 
@@ -44,8 +44,10 @@ def import_diffusers(src: str | Path, out: str | Path, *, data: str | None = Non
     index = read_config(src / "model_index.json", "a pipeline")
     _check_index(index, src / "model_index.json")
     sched_path = src / "scheduler" / "scheduler_config.json"
-    process_cfg, denoiser_cfg = scheduler_from_diffusers(read_config(sched_path, "its scheduler"), sched_path)
-    process = from_config(process_cfg)
+    sched_cfg = read_config(sched_path, "its scheduler")
+    with config_values(sched_path):
+        process_cfg, denoiser_cfg = scheduler_from_diffusers(sched_cfg, sched_path)
+        process = from_config(process_cfg)
     net = _read_unet(src / "unet", process)
     denoiser = Denoiser(net, process, denoiser_cfg["prediction"], clip_x0=denoiser_cfg["clip_x0"])
     meta = index.get(UNDIFFUSE_KEY) if isinstance(index.get(UNDIFFUSE_KEY), dict) else {}
@@ -68,17 +70,13 @@ def _read_unet(folder: Path, process) -> UNet:
     if unet_cfg.get("_class_name") != "UNet2DModel":
         raise InteropError(f"{where}: _class_name={unet_cfg.get('_class_name')!r}: only UNet2DModel is imported "
                            "(UNet2DConditionModel's transformer blocks have no undiffuse counterpart)")
-    net_cfg = unet_from_diffusers(unet_cfg, str(where))
     learned = unet_cfg.get("time_embedding_type", "positional") == "learned"
-    if not learned:
-        net_cfg.update(positional_settings(process.num_steps))
-    elif unet_cfg.get("num_train_timesteps") != process.num_steps:
+    if learned and unet_cfg.get("num_train_timesteps") != process.num_steps:
         raise InteropError(f"{where}: num_train_timesteps={unet_cfg.get('num_train_timesteps')!r} (rows of the "
                            f"learned time table) differs from the scheduler's {process.num_steps}")
-    try:
-        net = build_net(net_cfg)
-    except (TypeError, ValueError) as e:  # a value of the wrong type, say
-        raise InteropError(f"{where}: does not build an undiffuse U-Net ({type(e).__name__}: {e})") from None
+    with config_values(where):
+        net_cfg = unet_from_diffusers(unet_cfg, str(where))
+        net = build_net({**net_cfg, **({} if learned else positional_settings(process.num_steps))})
     tensors = read_tensors(folder, "diffusion_pytorch_model")
     weights_path = folder / "diffusion_pytorch_model.safetensors"
     _load_unet(net, tensors, weights_path, process.num_steps if learned else None)
