@@ -130,9 +130,10 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: 
     from .viz import plot_loss_curve, save_grid
 
     out = run_dir / "eval"
-    paths = {"samples": save_grid(samples[:100], out / "samples.png", nrow=pipe.num_classes or None),
-             "loss": plot_loss_curve(run_dir / "log.jsonl", out / "loss.png"),
-             "trajectory": save_sampling_trajectory(pipe, out / "trajectory.png", seed=seed)}
+    paths = {"samples": save_grid(samples[:100], out / "samples.png", nrow=pipe.num_classes or None)}
+    if (run_dir / "log.jsonl").is_file():  # a run imported from diffusers has no training log
+        paths["loss"] = plot_loss_curve(run_dir / "log.jsonl", out / "loss.png")
+    paths["trajectory"] = save_sampling_trajectory(pipe, out / "trajectory.png", seed=seed)
     if isinstance(pipe.process, DDPM):
         real = quantize_8bit(held_out.x[:64])
         rd = rate_distortion(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)), steps=100,

@@ -121,6 +121,12 @@ class UNet(nn.Module):
       ``context_dim``) and in the middle; the pooled embedding is added to the noise embedding
       (GLIDE, Imagen). ``cross_attn_positions`` adds fixed position features to the
       cross-attention queries (``undiffuse.nets.attention.position_features``).
+
+    ``label_scale`` and ``label_shift`` map the noise label before it is embedded: the time
+    embedding sees ``label_scale * noise_label + label_shift``. undiffuse's own nets keep 1 and 0
+    (the label is used as given, and nothing is computed). A net imported from diffusers was trained
+    on 0-based timesteps ``n - 1`` where undiffuse's label for DDPM step ``n`` of ``N`` is
+    ``1000 n / N``: it gets ``N / 1000`` and ``-1`` (``undiffuse.interop``).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int | None = None, image_size: int = 32,
@@ -128,7 +134,8 @@ class UNet(nn.Module):
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, num_classes: int | None = None,
                  head_dim: int = 64, num_groups: int = 32, resample_with_conv: bool = True,
                  scale_shift: bool = True, context_dim: int | None = None,
-                 cross_attn_resolutions: Sequence[int] | None = None, cross_attn_positions: bool = False) -> None:
+                 cross_attn_resolutions: Sequence[int] | None = None, cross_attn_positions: bool = False,
+                 label_scale: float = 1.0, label_shift: float = 0.0) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
         if context_dim is not None and num_classes is not None:
@@ -144,7 +151,9 @@ class UNet(nn.Module):
                            attn_resolutions=list(attn_resolutions), dropout=dropout, num_classes=num_classes,
                            head_dim=head_dim, num_groups=num_groups, resample_with_conv=resample_with_conv,
                            scale_shift=scale_shift, context_dim=context_dim, cross_attn_resolutions=cross_res,
-                           cross_attn_positions=cross_attn_positions)
+                           cross_attn_positions=cross_attn_positions, label_scale=label_scale,
+                           label_shift=label_shift)
+        self.label_scale, self.label_shift = float(label_scale), float(label_shift)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.num_classes, self.context_dim = image_size, num_classes, context_dim
         self.num_levels = len(channel_mult)
@@ -194,7 +203,7 @@ class UNet(nn.Module):
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
         class_labels, text = self._split_cond(cond)
-        emb = self.time_emb(batch_noise_labels(noise_label, x.shape[0], x.device))
+        emb = self.time_emb(self.time_label(batch_noise_labels(noise_label, x.shape[0], x.device)))
         class_emb = self.class_emb(class_labels, x.shape[0], x.device)
         if class_emb is not None:
             emb = emb + class_emb
@@ -214,6 +223,14 @@ class UNet(nn.Module):
         for block in self.dec:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context) if isinstance(block, UNetBlock) else block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def time_label(self, label: Tensor) -> Tensor:
+        """What the time embedding sees for a float32 noise label: the label itself unless the net
+        maps it (``label_scale``, ``label_shift``); skipped at 1 and 0, so that undiffuse's own nets
+        compute exactly what they did before the option existed."""
+        if self.label_scale == 1.0 and self.label_shift == 0.0:
+            return label
+        return label * self.label_scale + self.label_shift
 
     def _split_cond(self, cond) -> tuple[Tensor | None, object]:
         """(class labels, text embedding) from ``cond``, refusing what this net was not built for."""
