@@ -149,7 +149,7 @@ def test_a_corrupt_weights_file_is_named(made, tmp_path):
     ("unet/config.json", lambda c: c.update(resnet_time_scale_shift="spatial"),
      r"resnet_time_scale_shift='spatial'"),
     ("unet/config.json", lambda c: c.update(time_embedding_type="fourier"), r"time_embedding_type='fourier'"),
-    ("unet/config.json", lambda c: c.update(norm_eps=1e-6), r"norm_eps=1e-06: undiffuse's U-Net has no such option"),
+    ("unet/config.json", lambda c: c.update(norm_eps=1e-6), r"norm_eps=1e-06: undiffuse has no such option"),
     ("unet/config.json", lambda c: c.update(down_block_types=["DownBlock2D", "SkipDownBlock2D"]),
      r"SkipDownBlock2D has no undiffuse counterpart"),
     ("unet/config.json", lambda c: c.update(up_block_types=["UpBlock2D", "UpBlock2D"]), r"up_block_types="),

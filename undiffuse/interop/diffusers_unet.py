@@ -41,6 +41,21 @@ class InteropError(ValueError):
     or setting, and why."""
 
 
+def check_settings(c: dict, where: str, fixed: dict, known, what: str) -> Callable[[str, str], InteropError]:
+    """Refuse a diffusers config (``where``: its path) with a key outside ``fixed`` and ``known``, or
+    a ``fixed`` key at another value; returns the ``refuse(key, why)`` that names further problems."""
+    def refuse(key: str, why: str) -> InteropError:
+        return InteropError(f"{where}: {key}={c.get(key)!r}: {why}")
+
+    unknown = sorted(k for k in c if not k.startswith("_") and k not in fixed and k not in known)
+    if unknown:
+        raise refuse(unknown[0], f"a {what} setting this importer does not know (newer diffusers?)")
+    for key, value in fixed.items():
+        if c.get(key, value) != value:
+            raise refuse(key, f"undiffuse has no such option (it computes {key}={value!r})")
+    return refuse
+
+
 @dataclass(frozen=True)
 class Pair:
     """One of our tensors and the diffusers tensor(s) holding the same numbers.
@@ -219,15 +234,7 @@ READ = {"sample_size", "in_channels", "out_channels", "time_embedding_type", "ti
 def unet_from_diffusers(c: dict, where: str) -> dict:
     """Our ``build_net`` config for a UNet2DModel config.json (``where``: its path, for messages);
     refuses, naming the setting, what our U-Net cannot express."""
-    def refuse(key: str, why: str) -> InteropError:
-        return InteropError(f"{where}: {key}={c.get(key)!r}: {why}")
-
-    unknown = sorted(k for k in c if not k.startswith("_") and k not in FIXED and k not in READ)
-    if unknown:
-        raise refuse(unknown[0], "a UNet2DModel setting this importer does not know (newer diffusers?)")
-    for key, value in FIXED.items():
-        if c.get(key, value) != value:
-            raise refuse(key, f"undiffuse's U-Net has no such option (it computes {key}={value!r})")
+    refuse = check_settings(c, where, FIXED, READ, "UNet2DModel")
     if c.get("time_embedding_type", "positional") not in ("positional", "learned"):
         raise refuse("time_embedding_type", "undiffuse's U-Net embeds time sinusoidally ('positional'; a "
                                             "'learned' table only when it is undiffuse's own sinusoid)")

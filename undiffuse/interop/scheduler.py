@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..processes import DDPM, GaussianProcess, discrete_betas
-from .diffusers_unet import DIFFUSERS_VERSION, InteropError
+from .diffusers_unet import DIFFUSERS_VERSION, InteropError, check_settings
 
 __all__ = ["PREDICTIONS", "SCHEDULERS", "scheduler_to_diffusers", "scheduler_from_diffusers"]
 
@@ -72,18 +72,10 @@ IGNORED = {"timestep_spacing", "steps_offset", "set_alpha_to_one", "variance_typ
 
 def scheduler_from_diffusers(c: dict, where: str) -> tuple[dict, dict]:
     """(our process config, our "denoiser" entry) for a scheduler_config.json at ``where``."""
-    def refuse(key: str, why: str) -> InteropError:
-        return InteropError(f"{where}: {key}={c.get(key)!r}: {why}")
-
     if c.get("_class_name") not in SCHEDULERS:
-        raise refuse("_class_name", f"only {sorted(SCHEDULERS)} are imported (a scheduler with other maths, "
-                                    "or another process, has no undiffuse counterpart)")
-    unknown = sorted(k for k in c if not k.startswith("_") and k not in FIXED and k not in IGNORED)
-    if unknown:
-        raise refuse(unknown[0], "a scheduler setting this importer does not know (newer diffusers?)")
-    for key, value in FIXED.items():
-        if c.get(key, value) != value:
-            raise refuse(key, f"undiffuse's DDPM has no such option (only {key}={value!r})")
+        raise InteropError(f"{where}: _class_name={c.get('_class_name')!r}: only {sorted(SCHEDULERS)} are "
+                           "imported (a scheduler with other maths, or another process, has no undiffuse counterpart)")
+    refuse = check_settings(c, where, FIXED, IGNORED, "scheduler")
     if c.get("variance_type", "fixed_small") not in ("fixed_small", "fixed_large"):
         raise refuse("variance_type", "a learned variance is not imported")
     prediction = {v: k for k, v in PREDICTIONS.items()}.get(c.get("prediction_type", "epsilon"))
