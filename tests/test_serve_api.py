@@ -196,3 +196,6 @@ def test_job_pictures_download_and_events_stream(runs_root):
         for name in ("grid-0", "trajectory-0"):
             assert c.get(f"/api/jobs/{job}/{name}.png").content[:4] == b"\x89PNG"
         assert "no such picture" in error(c.get(f"/api/jobs/{job}/grid-5.png"), 404)
+        # A finished job keeps only its last frame: the kept jobs' memory is their results.
+        frames = [e["x_t"] for e in c.app.state.queue.get(job).events if e["type"] == "step"]
+        assert frames[:2] == [None, None] and frames[2].startswith("data:image/png")

@@ -221,7 +221,7 @@ async def _stream(job, poll: float = 0.03, keep_alive: float = 15.0):
     waiting thread per open page would exhaust the thread pool under load)."""
     sent, quiet = 0, 0.0
     while True:
-        fresh = job.events[sent:]  # a list only ever appended to: a slice is a consistent read
+        fresh = job.events[sent:]  # appended to, or replaced by one as long: a slice is consistent
         for event in fresh:
             yield f"data: {json.dumps(event)}\n\n"
         sent += len(fresh)

@@ -63,6 +63,15 @@ class Job:
     def finish(self, state: str, **event) -> None:
         self.state = state
         self.emit({"type": state, **event})
+        self._forget_frames()
+
+    def _forget_frames(self) -> None:
+        """A finished job keeps the pictures of its last step only (per panel): kept jobs cost their
+        results, not hundreds of frames. A page that connects this late sees the results."""
+        with self._changed:
+            last = {e.get("panel"): i for i, e in enumerate(self.events) if e["type"] == "step"}
+            self.events = [({**e, "x_t": None, "x0": None} if e["type"] == "step" and last[e.get("panel")] != i
+                            and "x_t" in e else e) for i, e in enumerate(self.events)]
 
 
 class JobQueue:

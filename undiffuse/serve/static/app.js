@@ -185,11 +185,12 @@ function settings(form) {
 async function startSample(event) {
   event.preventDefault();
   showMessage("");
+  setStatus($("#status"), "sending");
   const form = $("#sample-form");
   const reply = await api("/api/sample?name=" + encodeURIComponent(state.run), {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(settings(form)),
   });
-  if (!reply) return;
+  if (!reply) { setStatus($("#status"), ""); return; }
   for (const i of [0, 1]) {
     const panel = $("#panel-" + i);
     panel.hidden = !(i === 0 || form.compare.checked);
@@ -245,8 +246,8 @@ function onSampleEvent(event, statusNode) {
     $(".spec", panel).textContent = (s.sampler || "default") + ", " + (s.num_inference_steps || "default")
       + " steps, guidance " + s.guidance + ", seed " + s.seed;
   } else if (event.type === "step") {
-    $(".xt", panel).src = event.x_t;
-    $(".x0", panel).src = event.x0;
+    if (event.x_t) $(".xt", panel).src = event.x_t;  // a finished job's early steps have no picture
+    if (event.x0) $(".x0", panel).src = event.x0;
     $("#progress").value = event.i / event.total;
     setStatus(statusNode, (event.panel ? "B: " : "") + "step " + event.i + " / " + event.total);
   } else if (event.type === "result") {
@@ -278,10 +279,12 @@ function setupRestoreForm(info) {
 async function startRestore(event) {
   event.preventDefault();
   showMessage("");
+  setStatus($("#restore-status"), "sending");
   const file = $("#restore-file").files[0];
   const limit = state.info.limits.max_upload_bytes;
   if (file && file.size > limit) {
     showMessage("the image is " + file.size + " bytes; the limit is " + limit + " bytes");
+    setStatus($("#restore-status"), "");
     return;
   }
   const query = new URLSearchParams({ name: state.run, t: $("#restore-t").value,
@@ -290,6 +293,7 @@ async function startRestore(event) {
     method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file || new Blob([]),
   });
   if (reply) follow(reply.job, onRestoreEvent, $("#restore-status"));
+  else setStatus($("#restore-status"), "");
 }
 
 function onRestoreEvent(event, statusNode) {
