@@ -79,7 +79,8 @@ def restore_job(pipe, image: Tensor, t: int | None, steps: int | None, seed: int
         job.emit({"type": "step", "panel": 0, "i": 1, "total": 2})
         job.check_cancelled()
         rows, labels = restoration_rows(pipe, image, t, seed=seed, num_inference_steps=steps)
-        job.results["restoration-0"] = png_bytes(labelled_grid_pixels(rows, labels))
+        # One image: the strip's rows (x0, D(x0, t), Alg. 1, Alg. 2, direct) side by side, labelled above.
+        job.results["restoration-0"] = png_bytes(labelled_grid_pixels([torch.cat(rows)], None, labels))
         job.emit({"type": "restored", "panel": 0, "ladder": data_url(job.results["ladder-0"]),
                   "restoration": data_url(job.results["restoration-0"]),
                   "labels": labels, "download": f"/api/jobs/{job.id}/restoration-0.png"})

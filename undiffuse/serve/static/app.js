@@ -77,6 +77,7 @@ async function selectRun(name) {
   clearInterval(state.logTimer);
   pollLog();
   state.logTimer = setInterval(pollLog, 2000);
+  document.body.dataset.run = name;  // the run shown, once its forms are set up
 }
 
 function showPictures(files) {
@@ -138,11 +139,14 @@ function drawLoss(points) {
 
 // --- sampling ---------------------------------------------------------------------------------
 
+// New options for a select; the choice made for the previous run stays when this run has it too.
 function fillSelect(select, options, keepFirst) {
   const first = keepFirst ? select.options[0] : null;
+  const chosen = select.value;
   select.replaceChildren();
   if (first) select.append(first);
   for (const [value, text] of options) select.append(el("option", { value: value }, text));
+  if (options.some(([value]) => value === chosen)) select.value = chosen;
 }
 
 function setupSampleForm(info) {
