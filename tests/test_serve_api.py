@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -173,7 +174,8 @@ def test_the_rest_of_undiffuse_works_without_the_serve_extra(tmp_path):
         "assert main(['samplers']) == 0\n"
         f"sys.exit(main(['serve', '--runs', {str(tmp_path)!r}]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
     assert result.returncode == 2, result.stderr
     assert "pip install 'undiffuse[serve]'" in result.stderr and "Traceback" not in result.stderr
 
@@ -185,6 +187,20 @@ def test_serve_flags_are_checked(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["serve", "--runs", str(tmp_path), "--max-queue", "0"]) == 2
     assert "--max-queue must be >= 1, got 0" in capsys.readouterr().err
+
+
+def steps_of(c, run: str, settings: dict) -> list[dict]:
+    job = c.post("/api/sample", params={"name": run}, json=settings).json()["job"]
+    events = [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
+              if line.startswith("data:")]
+    assert events[-1]["type"] == "done", events[-1]
+    return [e for e in events if e["type"] == "step"]
+
+
+def test_a_cold_run_generates_with_its_progress_counted_in_severities(runs_root):
+    with client(runs_root) as c:
+        steps = steps_of(c, "cold", {"steps": 3, "batch": 2, "class_label": 4, "guidance": 2})
+        assert [(e["i"], e["total"]) for e in steps] == [(1, 3), (2, 3), (3, 3)]
 
 
 def test_job_pictures_download_and_events_stream(runs_root):
@@ -199,3 +215,39 @@ def test_job_pictures_download_and_events_stream(runs_root):
         # A finished job keeps only its last frame: the kept jobs' memory is their results.
         frames = [e["x_t"] for e in c.app.state.queue.get(job).events if e["type"] == "step"]
         assert frames[:2] == [None, None] and frames[2].startswith("data:image/png")
+
+
+def test_a_run_that_cannot_load_or_sample_says_why(runs_root, tmp_path):
+    import shutil
+
+    broken = runs_root / "broken"
+    shutil.copytree(runs_root / "tiny", broken)
+    (broken / "config.json").write_text(json.dumps({"process": 1}))
+    try:
+        with client(runs_root) as c:
+            assert "cannot load run 'broken'" in error(c.get("/api/run", params={"name": "broken"}), 400)
+            # Refused by the sampler, not the form: the job ends with the pipeline's message.
+            job = c.post("/api/sample", params={"name": "text"}, json={"guidance": 2, "steps": 2}).json()["job"]
+            last = [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
+                    if line.startswith("data:")][-1]
+            assert last["type"] == "error" and "guidance needs prompts" in last["message"]
+    finally:
+        shutil.rmtree(broken)
+
+
+def test_loopback_by_default_and_a_warning_for_any_other_address(runs_root, monkeypatch, capsys):
+    import uvicorn
+
+    from undiffuse.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((app, host, port)))
+    assert main(["serve", "--runs", str(runs_root)]) == 0
+    app, host, port = served[-1]
+    assert (host, port) == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
+    # A loopback server answers loopback Host headers only: a page elsewhere cannot rebind a name to it.
+    assert TestClient(app, base_url="http://evil.example").get("/api/runs").status_code == 400
+    assert TestClient(app, base_url="http://127.0.0.1:7860").get("/api/runs").status_code == 200
+    assert main(["serve", "--runs", str(runs_root), "--host", "0.0.0.0", "--port", "8000"]) == 0
+    assert served[-1][1:] == ("0.0.0.0", 8000)
+    assert "warning: serving on 0.0.0.0: anyone who can reach this address" in capsys.readouterr().err

@@ -50,10 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or LOOPBACK
     loopback = host in (LOOPBACK, "localhost", "::1")
+    # Only IPv4 / name loopbacks get the Host check (Starlette's check cannot parse "[::1]:port").
     if args.host is not None and not loopback:
         print(f"warning: serving on {host}: anyone who can reach this address can use the page and the "
               "machine's CPU (there is no login); use the default 127.0.0.1 unless you mean it", file=sys.stderr)
-    allowed = ["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None
+    allowed = ["127.0.0.1", "localhost"] if host in (LOOPBACK, "localhost") else None
     app = create_app(args.runs, limits, allowed_hosts=allowed)
     print(f"serving {app.state.runs.root} on http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=args.port, log_level="warning")

@@ -117,7 +117,10 @@ class Runs:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
                 return self._pipes[key]
-        pipe = api.load(path)
+        try:
+            pipe = api.load(path)
+        except (ValueError, FileNotFoundError, OSError, KeyError) as e:  # the loader's messages name the file
+            raise BadInput(f"cannot load run {name!r}: {e}") from None
         with self._lock:
             self._pipes[key] = pipe
             while len(self._pipes) > self._cached:

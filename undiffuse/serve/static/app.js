@@ -67,7 +67,7 @@ async function selectRun(name) {
   state.info = info;
   $("#run").hidden = false;
   $("#run-name").textContent = name;
-  $("#run-kind").textContent = info.kind;
+  $("#run-kind").textContent = info.kind + (info.capabilities ? "" : " (no checkpoint yet: nothing to sample)");
   $("#config").textContent = JSON.stringify(info.config, null, 2);
   showPictures(info.pictures);
   setupSampleForm(info);
