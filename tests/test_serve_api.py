@@ -110,7 +110,8 @@ def test_one_job_per_client_and_a_bounded_queue(runs_root):
     a, b, c = (client(runs_root, queue=queue, cookie=k) for k in "abc")
     settings = {"steps": 2, "batch": 1}
     job = a.post("/api/sample", params={"name": "tiny"}, json=settings).json()["job"]
-    assert "one job per visitor" in error(a.post("/api/sample", params={"name": "tiny"}, json=settings), 409)
+    busy = a.post("/api/sample", params={"name": "tiny"}, json=settings)
+    assert "one job per visitor" in error(busy, 409) and busy.json()["job"] == job  # to follow it again
     assert b.post("/api/sample", params={"name": "tiny"}, json=settings).status_code == 200
     assert "queue is full (2 jobs" in error(c.post("/api/sample", params={"name": "tiny"}, json=settings), 429)
     assert "no such job of yours" in error(c.post(f"/api/jobs/{job}/cancel"), 404)

@@ -161,10 +161,16 @@ def test_cancel_stops_the_job(page):
     fill(page, sampler="heun", steps="1000", batch="16")
     page.page.click("#go")
     page.page.wait_for_selector("#status:has-text('step ')")
+    # A reloaded page has lost its job: Go is refused (one job per visitor) and follows that job again.
+    page.page.reload()
+    page.page.wait_for_selector("body[data-run='tiny'] #sample-form:not([hidden])")
+    page.page.click("#go")
+    assert "one job per visitor" in page.message()
+    page.page.wait_for_selector("#status:has-text('step ')")
     page.page.click("#cancel")
     page.page.wait_for_selector("#status:has-text('cancelled')")
     assert page.page.evaluate("document.querySelector('#progress').value") < 1
-    assert page.page.is_enabled("#go")
+    assert page.page.is_enabled("#go") and len(page.network_4xx) == 1
 
 
 def test_bad_inputs_show_their_message(page):

@@ -64,7 +64,7 @@ def create_app(runs_dir: str | Path, limits: Limits | None = None, *, queue: Job
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, e: BadInput):
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        return JSONResponse({"error": str(e), **e.extra}, status_code=e.status)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):

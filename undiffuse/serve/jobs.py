@@ -94,10 +94,11 @@ class JobQueue:
         """Queue ``work`` for ``client``; BadInput (409 / 429) when the client or the queue is busy."""
         with self._lock:
             active = [j for j in self._jobs.values() if j.state in ACTIVE]
-            if any(j.client == client for j in active):
+            mine = [j for j in active if j.client == client]
+            if mine:  # its id lets a reloaded page follow (and cancel) the job it lost track of
                 self.stats["rejected"] += 1
                 raise BadInput("you already have a job waiting or running: wait for it to finish or cancel "
-                               "it (one job per visitor at a time)", 409)
+                               "it (one job per visitor at a time)", 409, job=mine[0].id)
             if len(active) >= self.max_queue:
                 self.stats["rejected"] += 1
                 raise BadInput(f"the server is busy: its queue is full ({self.max_queue} jobs waiting or "

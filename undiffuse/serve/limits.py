@@ -25,9 +25,9 @@ class BadInput(ValueError):
     """A request the server refuses (HTTP 400 unless ``status`` says otherwise), with the message
     the page shows."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, **extra):
         super().__init__(message)
-        self.status = status
+        self.status, self.extra = status, extra
 
 
 @dataclass(frozen=True)

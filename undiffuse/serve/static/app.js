@@ -14,6 +14,7 @@ function showMessage(text) {
 // Every call to the server: JSON back, or the server's message shown in the page (never thrown).
 async function api(path, options = {}) {
   let response;
+  state.refusal = null;
   try {
     response = await fetch(path, options);
   } catch (e) {
@@ -24,6 +25,7 @@ async function api(path, options = {}) {
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
     showMessage((body && body.error) || ("the server answered " + response.status));
+    state.refusal = body;
     return null;
   }
   return body;
@@ -194,7 +196,12 @@ async function startSample(event) {
   const reply = await api("/api/sample?name=" + encodeURIComponent(state.run), {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(settings(form)),
   });
-  if (!reply) { setStatus($("#status"), ""); return; }
+  if (!reply) {
+    setStatus($("#status"), "");
+    // This visitor's job from before a reload: follow it again, so that it can be watched and cancelled.
+    if (state.refusal && state.refusal.job && !state.job) follow(state.refusal.job, onSampleEvent, $("#status"));
+    return;
+  }
   for (const i of [0, 1]) {
     const panel = $("#panel-" + i);
     panel.hidden = !(i === 0 || form.compare.checked);
