@@ -3,7 +3,8 @@ Playwright against a server on 127.0.0.1 over a folder of real runs (the server 
 
     python bench/serve_screenshots.py --runs runs/cold-long --live ddpm-7k --gaussian ddpm --cold blur
 
-Writes docs/serve_runs.png (a run still training: its live loss curve), docs/serve_sampling.png
+Writes docs/serve_runs.png (a run still training: its live loss curve), docs/serve_live.png (a
+draw at step 40 of 250, then cancelled), docs/serve_sampling.png
 (two settings side by side, same seed) and docs/serve_cold.png (ladder and restorations). The test
 suite takes the same pictures of its tiny runs with UNDIFFUSE_SCREENSHOTS=1 (tests/test_serve_browser.py).
 """
@@ -36,6 +37,14 @@ def shoot(url: str, args, docs: Path) -> None:
         page.screenshot(path=str(docs / "serve_runs.png"))
         page.goto(f"{url}/#run={args.gaussian}")
         page.wait_for_selector(f"body[data-run='{args.gaussian}']")
+        page.select_option("[name='sampler']", "ddpm")  # mid-draw: x_t still noisy, x0 predicted
+        page.fill("[name='steps']", "250")
+        page.fill("[name='batch']", "16")
+        page.click("#go")
+        page.wait_for_selector("#status:has-text('step 40 ')", timeout=300_000)
+        page.locator("#sample-form").screenshot(path=str(docs / "serve_live.png"))
+        page.click("#cancel")
+        page.wait_for_selector("#status:has-text('cancelled')")
         page.select_option("[name='sampler']", "ddim")
         page.fill("[name='steps']", "50")
         page.fill("[name='batch']", "16")
@@ -77,7 +86,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(10)
-    print("wrote docs/serve_runs.png, docs/serve_sampling.png, docs/serve_cold.png")
+    print("wrote docs/serve_runs.png, docs/serve_live.png, docs/serve_sampling.png, docs/serve_cold.png")
     return 0
 
 
