@@ -252,3 +252,16 @@ def test_loopback_by_default_and_a_warning_for_any_other_address(runs_root, monk
     assert main(["serve", "--runs", str(runs_root), "--host", "0.0.0.0", "--port", "8000"]) == 0
     assert served[-1][1:] == ("0.0.0.0", 8000)
     assert "warning: serving on 0.0.0.0: anyone who can reach this address" in capsys.readouterr().err
+
+
+def test_malformed_queries_and_point_runs_get_a_message(runs_root):
+    from types import SimpleNamespace
+
+    from undiffuse.serve.limits import BadInput, sample_request
+
+    c = client(runs_root)
+    assert "since: Input should be a valid integer" in error(c.get("/api/log", params={"name": "tiny",
+                                                                                       "since": "x"}), 400)
+    points = SimpleNamespace(shape=(2,), can_generate=True)
+    with pytest.raises(BadInput, match="draws 2-D points, not images"):
+        sample_request({}, points, ["ddim"], [], Limits())

@@ -24,6 +24,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -65,6 +66,12 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, e: BadInput):
         return JSONResponse({"error": str(e), **e.extra}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(part) for part in err.get('loc', ())[1:]) or 'request'}: "
+                             f"{err.get('msg', 'invalid')}" for err in e.errors())
+        return JSONResponse({"error": f"bad request ({problems})"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):

@@ -112,6 +112,9 @@ def sample_request(payload: dict, pipe, samplers: list[str], spacings: list[str]
     against what the run takes (labels, prompts), so that no bad request reaches the queue."""
     if not isinstance(payload, dict):
         raise BadInput("the request must be a JSON object of settings")
+    if len(pipe.shape) != 3:
+        raise BadInput(f"this run draws {pipe.shape[0]}-D points, not images; the page shows images "
+                       "(`undiffuse sample --run RUN` plots points)")
     if not pipe.can_generate:
         raise BadInput("this run cannot generate (a cold run without a generation prior); use Restore")
     n = integer(payload, "batch", 4, 1, limits.max_batch)
