@@ -190,10 +190,14 @@ def test_serve_flags_are_checked(tmp_path, capsys):
     assert "--max-queue must be >= 1, got 0" in capsys.readouterr().err
 
 
+def events_of(c, job: str) -> list[dict]:
+    """Every event of a job, read from its server-sent events to the end."""
+    return [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
+            if line.startswith("data:")]
+
+
 def steps_of(c, run: str, settings: dict) -> list[dict]:
-    job = c.post("/api/sample", params={"name": run}, json=settings).json()["job"]
-    events = [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
-              if line.startswith("data:")]
+    events = events_of(c, c.post("/api/sample", params={"name": run}, json=settings).json()["job"])
     assert events[-1]["type"] == "done", events[-1]
     return [e for e in events if e["type"] == "step"]
 
@@ -207,8 +211,7 @@ def test_a_cold_run_generates_with_its_progress_counted_in_severities(runs_root)
 def test_job_pictures_download_and_events_stream(runs_root):
     with client(runs_root) as c:
         job = c.post("/api/sample", params={"name": "tiny"}, json={"steps": 3, "batch": 2}).json()["job"]
-        events = [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
-                  if line.startswith("data:")]
+        events = events_of(c, job)
         assert [e["i"] for e in events if e["type"] == "step"] == [1, 2, 3] and events[-1]["type"] == "done"
         for name in ("grid-0", "trajectory-0"):
             assert c.get(f"/api/jobs/{job}/{name}.png").content[:4] == b"\x89PNG"
@@ -229,8 +232,7 @@ def test_a_run_that_cannot_load_or_sample_says_why(runs_root, tmp_path):
             assert "cannot load run 'broken'" in error(c.get("/api/run", params={"name": "broken"}), 400)
             # Refused by the sampler, not the form: the job ends with the pipeline's message.
             job = c.post("/api/sample", params={"name": "text"}, json={"guidance": 2, "steps": 2}).json()["job"]
-            last = [json.loads(line[5:]) for line in c.get(f"/api/jobs/{job}/events").text.splitlines()
-                    if line.startswith("data:")][-1]
+            last = events_of(c, job)[-1]
             assert last["type"] == "error" and "guidance needs prompts" in last["message"]
     finally:
         shutil.rmtree(broken)

@@ -327,7 +327,16 @@ async function route() {
   if (name !== null) await selectRun(name);
 }
 
+// Panel B of a comparison: a copy of panel A.
+function makeSecondPanel() {
+  const copy = $("#panel-0").cloneNode(true);
+  copy.id = "panel-1";
+  $(".letter", copy).textContent = "B";
+  $("#panel-0").after(copy);
+}
+
 async function main() {
+  makeSecondPanel();
   $("#sample-form").addEventListener("submit", startSample);
   $("#restore-form").addEventListener("submit", startRestore);
   $("#cancel").addEventListener("click", cancelJob);
