@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,12 @@ def error(response, status: int) -> str:
     assert response.status_code == status, response.text
     assert "Traceback" not in response.text
     return response.json()["error"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png_bytes(size=(16, 16), mode="L") -> bytes:
@@ -188,6 +195,12 @@ def test_serve_flags_are_checked(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["serve", "--runs", str(tmp_path), "--max-queue", "0"]) == 2
     assert "--max-queue must be >= 1, got 0" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--runs", str(tmp_path), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def events_of(c, job: str) -> list[dict]:
@@ -245,14 +258,15 @@ def test_loopback_by_default_and_a_warning_for_any_other_address(runs_root, monk
 
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((app, host, port)))
-    assert main(["serve", "--runs", str(runs_root)]) == 0
+    free = free_port()
+    assert main(["serve", "--runs", str(runs_root), "--port", str(free)]) == 0
     app, host, port = served[-1]
-    assert (host, port) == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
+    assert (host, port) == ("127.0.0.1", free) and "warning" not in capsys.readouterr().err
     # A loopback server answers loopback Host headers only: a page elsewhere cannot rebind a name to it.
     assert TestClient(app, base_url="http://evil.example").get("/api/runs").status_code == 400
     assert TestClient(app, base_url="http://127.0.0.1:7860").get("/api/runs").status_code == 200
-    assert main(["serve", "--runs", str(runs_root), "--host", "0.0.0.0", "--port", "8000"]) == 0
-    assert served[-1][1:] == ("0.0.0.0", 8000)
+    assert main(["serve", "--runs", str(runs_root), "--host", "0.0.0.0", "--port", str(free)]) == 0
+    assert served[-1][1:] == ("0.0.0.0", free)
     assert "warning: serving on 0.0.0.0: anyone who can reach this address" in capsys.readouterr().err
 
 
