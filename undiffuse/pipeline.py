@@ -121,7 +121,7 @@ class BasePipeline:
         out = self.check_finite(out).clone()
         return record.result(out) if trajectory else out
 
-    def _sample(self, n: int, spec: SampleSpec, callback: Trajectory | None) -> Tensor:
+    def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         raise NotImplementedError
 
     def check_finite(self, samples: Tensor) -> Tensor:
@@ -152,7 +152,7 @@ class Pipeline(BasePipeline):
     def process(self):
         return self.model.process
 
-    def _sample(self, n: int, spec: SampleSpec, callback: Trajectory | None) -> Tensor:
+    def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         from .cold.samplers import COLD_SAMPLERS
 
         name = spec.sampler or DEFAULT_SAMPLER
