@@ -6,7 +6,7 @@ Playwright against a server on 127.0.0.1 over a folder of real runs (the server 
 Writes docs/serve_runs.png (a run still training: its live loss curve), docs/serve_live.png (a
 draw at step 40 of 250, then cancelled), docs/serve_sampling.png
 (two settings side by side, same seed) and docs/serve_cold.png (ladder and restorations). The test
-suite takes the same pictures of its tiny runs with UNDIFFUSE_SCREENSHOTS=1 (tests/test_serve_browser.py).
+suite takes the same pictures of its tiny runs with UNDIFFUSE_SCREENSHOTS=DIR (tests/test_serve_browser.py).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ none. The one exception is the browser's own network line for a 4xx answer the t
 ("Failed to load resource: ... status of 400"), which is not a JavaScript error; the bad-input test
 expects exactly those.
 
-UNDIFFUSE_SCREENSHOTS=1 saves the screenshots of docs/serve.md (docs/serve_*.png).
+UNDIFFUSE_SCREENSHOTS=DIR saves screenshots of the tiny runs' pages in DIR (serve_*.png); the ones
+in docs/ are of real runs (bench/serve_screenshots.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ playwright_sync = pytest.importorskip("playwright.sync_api", reason="the test ex
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
-DOCS = Path(__file__).parent.parent / "docs"
 NETWORK_4XX = "Failed to load resource: the server responded with a status of 4"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no {CHROMIUM} (apt-get install chromium)")
 
@@ -82,8 +82,10 @@ def page(browser, server):
 
 
 def screenshot(page, name: str) -> None:
-    if os.environ.get("UNDIFFUSE_SCREENSHOTS") == "1":
-        page.screenshot(path=str(DOCS / name), full_page=True)
+    folder = os.environ.get("UNDIFFUSE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
 def decode(data_url: str) -> np.ndarray:
