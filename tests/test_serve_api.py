@@ -281,3 +281,22 @@ def test_malformed_queries_and_point_runs_get_a_message(runs_root):
     points = SimpleNamespace(shape=(2,), can_generate=True)
     with pytest.raises(BadInput, match="draws 2-D points, not images"):
         sample_request({}, points, ["ddim"], [], Limits())
+
+
+def test_frames_nobody_reads_are_dropped_beyond_the_newest_jobs():
+    # Frames are kept for the page to read; a job whose page never came keeps them only while it is
+    # among the newest max_queue finished jobs, so unread jobs cannot pile frames up.
+    queue = JobQueue(max_queue=1)
+
+    def work(job):
+        for i in (1, 2):
+            job.emit({"type": "step", "panel": 0, "i": i, "x_t": f"frame {i}", "x0": f"frame {i}"})
+
+    first = queue.submit("a", work)
+    assert _end(first) == "done"
+    assert [e["x_t"] for e in first.events if e["type"] == "step"] == ["frame 1", "frame 2"]
+    second = queue.submit("a", work)
+    assert _end(second) == "done"
+    assert [e["x_t"] for e in first.events if e["type"] == "step"] == [None, "frame 2"]
+    assert [e["x_t"] for e in second.events if e["type"] == "step"] == ["frame 1", "frame 2"]
+    queue.close()

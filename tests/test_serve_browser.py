@@ -106,10 +106,15 @@ def test_the_page_lists_the_runs_and_shows_one(page):
     assert page.network_4xx == []
 
 
+# Every picture an <img> showed: each mutation record's old src, then the src it ends with (one
+# observer call may carry several records when events arrive together, so the records, not the
+# element's src at call time, are the history).
 RECORD = """() => { window.frames_ = {xt: [], x0: []};
-  const watch = (sel, key) => new MutationObserver(() => window.frames_[key].push(document.querySelector(sel).src))
-    .observe(document.querySelector(sel), {attributes: true, attributeFilter: ['src']});
+  const watch = (sel, key) => new MutationObserver(records => records.forEach(r => window.frames_[key].push(r.oldValue)))
+    .observe(document.querySelector(sel), {attributes: true, attributeFilter: ['src'], attributeOldValue: true});
   watch('#panel-0 .xt', 'xt'); watch('#panel-0 .x0', 'x0'); }"""
+SHOWN = """key => window.frames_[key].concat([document.querySelector(key == 'xt' ? '#panel-0 .xt' : '#panel-0 .x0').src])
+  .filter(src => src && src.startsWith('data:'))"""
 
 
 def fill(page, **fields) -> None:
@@ -130,9 +135,9 @@ def test_a_five_step_draw_updates_every_step_and_ends_with_the_pipeline_samples(
     page.page.evaluate(RECORD)
     page.page.click("#go")
     page.page.wait_for_selector("#status:has-text('done')")
-    frames = page.page.evaluate("window.frames_")
-    assert len(frames["xt"]) == 5 and len(set(frames["xt"])) == 5  # a new x_t at every step
-    assert len(set(frames["x0"])) == 5
+    xt, x0 = (page.page.evaluate(SHOWN, key) for key in ("xt", "x0"))
+    assert len(xt) == 5 and len(set(xt)) == 5  # a new x_t at every step
+    assert len(x0) == 5 and len(set(x0)) == 5
     final = decode(page.page.get_attribute("#panel-0 .final", "src"))
     x = undiffuse.load(runs_root / "tiny").sample(4, SampleSpec(sampler="ddim", num_inference_steps=5, seed=3))
     np.testing.assert_array_equal(final, grid_pixels(x)[:, :, 0])

@@ -233,6 +233,7 @@ async def _stream(job, poll: float = 0.03, keep_alive: float = 15.0):
             yield f"data: {json.dumps(event)}\n\n"
         sent += len(fresh)
         if fresh and fresh[-1]["type"] in TERMINAL:
+            job.forget_frames()  # read to the end: the frames have served their purpose
             return
         quiet = 0.0 if fresh else quiet + poll
         if quiet >= keep_alive:

@@ -36,6 +36,7 @@ class Job:
         self.results: dict[str, bytes] = {}
         self._cancel = threading.Event()
         self._changed = threading.Condition()
+        self._frames_forgotten = False
 
     def emit(self, event: dict) -> None:
         with self._changed:
@@ -63,12 +64,15 @@ class Job:
     def finish(self, state: str, **event) -> None:
         self.state = state
         self.emit({"type": state, **event})
-        self._forget_frames()
 
-    def _forget_frames(self) -> None:
-        """A finished job keeps the pictures of its last step only (per panel): kept jobs cost their
-        results, not hundreds of frames. A page that connects this late sees the results."""
+    def forget_frames(self) -> None:
+        """Keep the pictures of the last step only (per panel), once the job is finished and its page
+        has read them (or it is no longer among the newest): kept jobs cost their results, not
+        hundreds of frames. A page that connects later still sees the results."""
         with self._changed:
+            if self.state not in TERMINAL or self._frames_forgotten:
+                return
+            self._frames_forgotten = True
             last = {e.get("panel"): i for i, e in enumerate(self.events) if e["type"] == "step"}
             self.events = [({**e, "x_t": None, "x0": None} if e["type"] == "step" and last[e.get("panel")] != i
                             and "x_t" in e else e) for i, e in enumerate(self.events)]
@@ -176,6 +180,10 @@ class JobQueue:
         key = {"done": "served", "cancelled": "cancelled", "error": "failed"}[state]
         self.stats[key] += 1
         job.finish(state, **event)
+        # Frames a page never came to read: only the newest few finished jobs keep theirs.
+        finished = [j for j in self._jobs.values() if j.state in TERMINAL]
+        for old in finished[:-self.max_queue]:
+            old.forget_frames()
 
     def _forget_old(self) -> None:
         finished = [k for k, j in self._jobs.items() if j.state in TERMINAL]
