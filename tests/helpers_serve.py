@@ -34,9 +34,15 @@ def make_runs(root: Path) -> Path:
     return root
 
 
+_made: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def runs_root(tmp_path_factory) -> Path:
-    return make_runs(tmp_path_factory.mktemp("serve") / "runs")
+    # Imported by two test modules, this fixture is defined twice: the folder is made once.
+    if not _made:
+        _made.append(make_runs(tmp_path_factory.mktemp("serve") / "runs"))
+    return _made[0]
 
 
 class LiveServer:
