@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench serve clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 # instead of training it again; `undiffuse train --overwrite` (or deleting runs/mnist) starts over.
 demo: $(STAMP)
 	$(PY) -m undiffuse train $(if $(wildcard runs/mnist/config.json runs/mnist/checkpoints),--resume)
+
+# The web page over runs/ on http://127.0.0.1:7860/ (SERVE_ARGS="--runs DIR --port N" to change).
+serve: $(STAMP)
+	$(PY) -m undiffuse serve $(SERVE_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"

@@ -151,3 +151,20 @@ def test_train_with_resume_continues_the_run(tmp_path):
     assert steps == [1, 2, 3, 4, 5]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000005"
     assert pipe.sample(4, num_inference_steps=2).shape == (4, 2)
+
+
+def test_a_callback_sees_every_step_and_can_stop_the_draw(digits_pipe):
+    # The web page follows a draw through callback= (x_t and x0_hat each step) and cancels it by raising.
+    seen = []
+    x = digits_pipe.sample(2, sampler="ddim", num_inference_steps=4, callback=lambda d: seen.append(d["i"]))
+    assert seen == [0, 1, 2, 3]
+    assert torch.equal(x, digits_pipe.sample(2, sampler="ddim", num_inference_steps=4))
+    res = digits_pipe.sample(2, sampler="ddim", num_inference_steps=4, trajectory=True,
+                             callback=lambda d: seen.append(d["x0_hat"].shape))
+    assert len(res.xs) == 4 and seen[4:] == [res.x0_hats[0].shape] * 4 and torch.equal(res.x0, x)
+
+    def stop(d):
+        raise InterruptedError("cancelled at step %d" % d["i"])
+
+    with pytest.raises(InterruptedError, match="cancelled at step 0"):
+        digits_pipe.sample(2, num_inference_steps=4, callback=stop)

@@ -117,3 +117,14 @@ def test_plot_curves(tmp_path: Path) -> None:
     assert _open(path).size == (600, 400)
     with pytest.raises(ValueError, match="'ddim' has 2 values"):
         viz.plot_curves([1, 2, 3], {"ddim": [1, 2]}, tmp_path / "c2.png", "x", "y")
+
+
+def test_the_pixels_in_memory_are_the_pictures_written(tmp_path):
+    # The web page sends PNG bytes made in memory; they must be the files the writers save.
+    from undiffuse.viz import grid_pixels, labelled_grid_pixels, png_bytes, save_grid, save_labelled_grid
+
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert save_grid(x, tmp_path / "g.png").read_bytes() == png_bytes(grid_pixels(x))
+    rows, labels = [x, -x], ["a", "b"]
+    assert (save_labelled_grid(rows, tmp_path / "l.png", labels).read_bytes()
+            == png_bytes(labelled_grid_pixels(rows, labels)))

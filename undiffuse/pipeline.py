@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -57,6 +58,13 @@ class Trajectory:
         return SampleResult(x0, self.xs, self.x0_hats, self.ts)
 
 
+def _both(first: Callable[[dict], None], second: Callable[[dict], None]) -> Callable[[dict], None]:
+    def call(d: dict) -> None:
+        first(d)
+        second(d)
+    return call
+
+
 class BasePipeline:
     """What every pipeline shares: the model, the data shape, the conditioning, and ``sample``.
 
@@ -89,27 +97,31 @@ class BasePipeline:
         return next(self.model.parameters()).device
 
     def sample(self, n: int = 16, spec: SampleSpec | None = None, *, trajectory: bool = False,
-               **settings) -> Tensor | SampleResult:
+               callback: Callable[[dict], None] | None = None, **settings) -> Tensor | SampleResult:
         """Draw ``n`` samples as ``spec`` says (``settings``: ``SampleSpec`` fields or sampler options
         that change it). Returns a tensor in the data range, or with ``trajectory=True`` a
         SampleResult with x_t and the predicted x0 of every step. The same spec gives the same samples.
+        ``callback(d)`` sees every step as it happens (the sampler's dict: "i", "t", "x", "x0_hat"); an
+        exception it raises stops the draw (the web page's cancel button).
 
         Sampling runs under ``torch.inference_mode`` (``torch.no_grad`` with classifier guidance,
         which differentiates the classifier); the results are normal tensors."""
         spec = SampleSpec.build(spec, **settings)
         check_count(n, "n")
-        return self._run(lambda record: self._sample(n, spec, record), spec, trajectory)
+        return self._run(lambda record: self._sample(n, spec, record), spec, trajectory, callback)
 
-    def _run(self, draw, spec: SampleSpec, trajectory: bool) -> Tensor | SampleResult:
+    def _run(self, draw, spec: SampleSpec, trajectory: bool,
+             callback: Callable[[dict], None] | None = None) -> Tensor | SampleResult:
         """``draw(callback)`` without autograd, checked finite, as normal tensors (an inference tensor
         cannot enter autograd later); a SampleResult of its steps with ``trajectory``."""
         record = Trajectory() if trajectory else None
+        step = record if callback is None else callback if record is None else _both(record, callback)
         with torch.no_grad() if spec.classifier_scale else torch.inference_mode():
-            out = draw(record)
+            out = draw(step)
         out = self.check_finite(out).clone()
         return record.result(out) if trajectory else out
 
-    def _sample(self, n: int, spec: SampleSpec, callback: Trajectory | None) -> Tensor:
+    def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         raise NotImplementedError
 
     def check_finite(self, samples: Tensor) -> Tensor:
@@ -140,7 +152,7 @@ class Pipeline(BasePipeline):
     def process(self):
         return self.model.process
 
-    def _sample(self, n: int, spec: SampleSpec, callback: Trajectory | None) -> Tensor:
+    def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         from .cold.samplers import COLD_SAMPLERS
 
         name = spec.sampler or DEFAULT_SAMPLER

@@ -7,6 +7,7 @@ returns the path written.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -40,10 +41,16 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, padding
     Each image is enlarged by the integer ``upscale`` with nearest-neighbour pixels (default: the smallest
     factor making the grid at least 256 px wide); ``padding`` pixels of ``pad_value`` separate the tiles.
     """
+    return _save_image(grid_pixels(images, nrow, padding, upscale, pad_value), path)
+
+
+def grid_pixels(images: Tensor, nrow: int | None = None, padding: int = 2, upscale: int | None = None,
+                pad_value: float = WHITE) -> np.ndarray:
+    """The (H, W, C) uint8 pixels that ``save_grid`` writes (the web page sends them from memory)."""
     _check_images(images)
     nrow = min(nrow or math.ceil(math.sqrt(len(images))), len(images))
     up = upscale or _auto_upscale(nrow, images.shape[-1], padding)
-    return _save_image(_grid(images, nrow, padding, up, pad_value), path)
+    return _grid(images, nrow, padding, up, pad_value)
 
 
 def save_trajectory(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], path: str | Path,
@@ -55,6 +62,14 @@ def save_trajectory(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], path: str 
     (first and last included) are shown for the first ``max_images`` images. Rows are labelled, and
     columns too when ``ts`` gives the time of each step.
     """
+    return _save_image(trajectory_pixels(xts, x0_hats, ts, columns=columns, max_images=max_images,
+                                         upscale=upscale, padding=padding), path)
+
+
+def trajectory_pixels(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], ts: Sequence[float] | None = None, *,
+                      columns: int = 10, max_images: int = 8, upscale: int | None = None,
+                      padding: int = 2) -> np.ndarray:
+    """The pixels that ``save_trajectory`` writes."""
     if not xts or len(xts) != len(x0_hats) or (ts is not None and len(ts) != len(xts)):
         raise ValueError(f"need equally long, non-empty xts, x0_hats (and ts); got {len(xts)}, {len(x0_hats)}"
                          + ("" if ts is None else f", {len(ts)}"))
@@ -69,7 +84,7 @@ def save_trajectory(xts: Sequence[Tensor], x0_hats: Sequence[Tensor], path: str 
     col_labels = None if ts is None else [_format_t(ts[s]) for s in steps]
     pitch = (height * up + padding, width * up + padding)
     canvas = _label(grid, ["x_t", "x0 pred"] * count, col_labels, pitch, padding)
-    return _save_image(np.asarray(canvas), path)
+    return np.asarray(canvas)
 
 
 def save_labelled_grid(rows: Sequence[Tensor], path: str | Path, row_labels: Sequence[str] | None = None,
@@ -79,6 +94,13 @@ def save_labelled_grid(rows: Sequence[Tensor], path: str | Path, row_labels: Seq
     K images), named on the left by ``row_labels[r]`` and, above each column, by ``col_labels``
     (a cold degradation's ladder: one row per image, one column per severity t; a restoration strip:
     one row per stage). Tiles are enlarged as for trajectories, so the labels fit."""
+    return _save_image(labelled_grid_pixels(rows, row_labels, col_labels, upscale=upscale, padding=padding), path)
+
+
+def labelled_grid_pixels(rows: Sequence[Tensor], row_labels: Sequence[str] | None = None,
+                         col_labels: Sequence[str] | None = None, *, upscale: int | None = None,
+                         padding: int = 2) -> np.ndarray:
+    """The pixels that ``save_labelled_grid`` writes."""
     if not rows or len({len(r) for r in rows}) != 1:
         raise ValueError(f"need a non-empty list of equally long rows, got lengths {[len(r) for r in rows]}")
     k = len(rows[0])
@@ -92,7 +114,7 @@ def save_labelled_grid(rows: Sequence[Tensor], path: str | Path, row_labels: Seq
     pitch = (height * up + padding, width * up + padding)
     labels = list(row_labels) if row_labels is not None else [""] * len(rows)
     canvas = _label(grid, labels, None if col_labels is None else list(col_labels), pitch, padding)
-    return _save_image(np.asarray(canvas), path)
+    return np.asarray(canvas)
 
 
 def plot_loss_curve(log: str | Path | Sequence[dict[str, Any]], path: str | Path, ema: float | None = None,
@@ -288,10 +310,21 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 PNG_MODE = 0o644
 
 
+def _image(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(_squeeze(pixels) if pixels.ndim == 3 else pixels)
+
+
 def _save_image(pixels: np.ndarray, path: str | Path) -> Path:
     """Write an (H, W, C) or (H, W) uint8 array as a PNG."""
-    image = Image.fromarray(_squeeze(pixels) if pixels.ndim == 3 else pixels)
+    image = _image(pixels)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), mode=PNG_MODE)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An (H, W, C) or (H, W) uint8 array as PNG bytes, the same PNG that ``_save_image`` writes."""
+    buf = io.BytesIO()
+    _image(pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _save_figure(fig: Any, path: str | Path) -> Path:

@@ -62,19 +62,16 @@ def _ladder_images(source: str, n: int, seed: int, image_size: int | None):
     if path.suffix.lower() in IMAGE_EXTENSIONS and not path.exists():
         raise FileNotFoundError(f"image {path} does not exist")
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        import numpy as np
         from PIL import Image
+
+        from ..data.base import square_image
 
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+                x = square_image(img)
         except OSError as e:
             raise ValueError(f"cannot read image {path}: {e}") from None
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        pixels = np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.float32)
-        x = torch.from_numpy(pixels) / 127.5 - 1.0
-        x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
+        side = x.shape[-1]
         return resize_images(x, image_size or min(side, 128)) if (image_size or side > 128) else x
     if source.strip().lower() == "photos":
         from .degradations.fade import load_source

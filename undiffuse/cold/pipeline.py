@@ -23,13 +23,14 @@ generator is given, so ``restore(degrade(x0, t), t)`` matches.
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..conditioning import conditioning_for
-from ..pipeline import BasePipeline, SampleResult, Trajectory
+from ..pipeline import BasePipeline, SampleResult
 from ..run_files import build_run_net, config_errors, load_checked
 from ..samplers import SAMPLERS
 from ..sampling import SampleSpec
@@ -123,7 +124,7 @@ class ColdPipeline(BasePipeline):
         guided = self.conditioning.guided(_Restore(self.restorer, spec.bf16), spec, cond)
         return lambda x, t: guided(x, t, cond)
 
-    def _sample(self, n: int, spec: SampleSpec, callback: Trajectory | None) -> Tensor:
+    def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         """Generation: x_T from the prior, plus ``noise_std`` noise (default 0.002), restored with the
         spec's sampler in ``num_inference_steps`` steps. Options: ``noise_std``, ``remove_noise``."""
         sampler = check_cold_sampler(spec.sampler or DEFAULT_SAMPLER, self.degradation)

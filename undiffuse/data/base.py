@@ -122,6 +122,17 @@ def resize_images(x: Tensor, size: int) -> Tensor:
     return out.clamp_(-1.0, 1.0)
 
 
+def square_image(img) -> Tensor:
+    """A PIL image as a (1, C, H, H) tensor in [-1, 1]: greyscale stays one channel, anything else
+    becomes RGB, and the centre square is kept (``undiffuse degrade``, the web page's uploads)."""
+    img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    pixels = np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.float32)
+    x = torch.from_numpy(pixels) / 127.5 - 1.0
+    return (x[None] if x.ndim == 2 else x.permute(2, 0, 1))[None]
+
+
 def set_channels(x: Tensor, channels: int | None) -> Tensor:
     """Convert (N, C, H, W) images between greyscale and RGB; ``None`` keeps them as they are."""
     check_channels(channels)
