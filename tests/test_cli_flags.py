@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,33 @@ def test_bad_values_are_still_refused_by_the_config_not_argparse(tmp_path, capsy
     assert code == 2 and "prediction must be one of" in capsys.readouterr().err
     code = main(["train", "--max-train-steps", "0", "--out", str(tmp_path / "run")])
     assert code == 2 and "max_train_steps (--max-train-steps) must be >= 1" in capsys.readouterr().err
+
+
+OLD_RUNS = Path(__file__).parent / "fixtures" / "old_runs"
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_precision_defaults_to_bf16_only_where_measured_and_native(command, monkeypatch):
+    from undiffuse import compiling
+    from undiffuse.cli_sampling import sample_spec
+
+    def spec(run: str, *flags: str, native: bool = True):
+        monkeypatch.setattr(compiling, "native_bf16", lambda device: native)
+        return sample_spec(build_parser().parse_args([command, "--run", str(OLD_RUNS / run), *flags]))
+
+    assert spec("gaussian").bf16 is True  # a Gaussian pixel run on bf16 hardware
+    assert spec("gaussian", native=False).bf16 is False  # emulated bf16 would be slower than float32
+    assert spec("cold").bf16 is False and spec("text").bf16 is False  # not measured there: float32
+    assert spec("gaussian", "--no-bf16").bf16 is False
+    assert spec("cold", "--bf16", native=False).bf16 is True  # asked for: always honoured
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import torch
+
+    from undiffuse import compiling, distributed
+
+    for features, expected in (([], False), (["avx512f"], False), (["avx512f", "avx512_bf16"], True),
+                               (["amx_bf16"], True)):
+        monkeypatch.setattr(distributed, "cpu_model_and_features", lambda f=features: ("cpu", f))
+        assert compiling.native_bf16(torch.device("cpu")) is expected

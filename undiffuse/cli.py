@@ -16,7 +16,7 @@ from .cli_eval import add_eval, cmd_eval
 from .cli_flags import add_train_parser, config_from_args
 from .text.cli import add_sample_text_options, cmd_sample_text
 from .metrics.inception import UnavailableError
-from .cli_sampling import add_steps_and_spacing, sample_spec
+from .cli_sampling import add_precision, add_steps_and_spacing, sample_spec
 from .cold.cli import add_degrade, cmd_degrade, list_cold
 from .interop.cli import add_cli as add_interop_cli, cmd_export, cmd_import
 from .pictures import save_sampling_trajectory
@@ -49,7 +49,7 @@ def _add_sample(sub) -> None:
                         f"|w| <= {MAX_GUIDANCE:g})")
     p.add_argument("--classifier-scale", type=float, default=0.0,
                    help="classifier guidance scale with the run's noisy classifier (`undiffuse train-classifier`)")
-    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
+    add_precision(p)
     p.add_argument("--out", default="samples.png", help="where to write the grid (PNG)")
     p.add_argument("--trajectory", default=None, help="also write x_t and predicted x0 along the way")
     add_sample_text_options(p)
@@ -186,7 +186,7 @@ def cmd_sample(args) -> int:
     dt = time.perf_counter() - t0
     nrow = pipe.num_classes if (pipe.takes_labels and args.class_label is None) else None
     path = plot_points(x, args.out) if points else save_grid(x, args.out, nrow=nrow)
-    print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s) -> {path}")
+    print(f"{args.n} samples in {dt:.1f} s ({args.n / dt:.1f} images/s, {'bf16' if spec.bf16 else 'float32'}) -> {path}")
     if args.trajectory:
         path = save_sampling_trajectory(pipe, Path(args.trajectory), spec=spec.replace(
             class_labels=args.class_label, classifier_scale=0.0))

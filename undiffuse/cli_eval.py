@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .checks import check_count, check_guidance, check_sample_settings
-from .cli_sampling import add_steps_and_spacing, sample_spec
+from .cli_sampling import add_precision, add_steps_and_spacing, sample_spec
 from .text.cli import add_eval_text_options
 from .distributed import DEVICES
 from .cold import is_cold
@@ -27,7 +27,7 @@ def add_eval(sub) -> None:
     p.add_argument("--nll-images", type=int, default=100, help="real images for bits/dim (0: skip)")
     p.add_argument("--nll-steps", type=int, default=100,
                    help="DDPM steps evaluated for the bound (log-spaced groups, unbiased estimate)")
-    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (about 2x faster here)")
+    add_precision(p)
     p.add_argument("--batch-size", type=int, default=100, help="images per sampling batch")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where to sample (auto: CUDA when present); torchrun shares the batches out")

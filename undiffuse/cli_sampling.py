@@ -22,6 +22,15 @@ def add_steps_and_spacing(p, default_steps: int | None, steps_help: str) -> None
     p.add_argument("--schedule", dest="spacing", action=DeprecatedAlias, new="--spacing", help=argparse.SUPPRESS)
 
 
+def add_precision(p) -> None:
+    """``--bf16 / --no-bf16`` of `sample` and `eval`: bf16 by default where the hardware computes it
+    natively, on Gaussian pixel runs (measured not to change FID-style at n = 2,000, docs/speed.md)."""
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample with bf16 weights under bf16 autocast (default: on for Gaussian pixel runs where the "
+                        "hardware computes bf16 natively: CPUs with AVX-512 BF16 or AMX, GPUs with bf16; "
+                        "--no-bf16 for float32)")
+
+
 def sample_spec(args, options: dict | None = None) -> SampleSpec:
     """The ``SampleSpec`` of `undiffuse sample` / `eval` flags, every setting checked naming its flag."""
     options = (options or {}) | ({} if getattr(args, "eta", None) is None else {"eta": args.eta})
@@ -29,4 +38,19 @@ def sample_spec(args, options: dict | None = None) -> SampleSpec:
                           classifier_scale=getattr(args, "classifier_scale", 0.0), options=options, prefix="--")
     return SampleSpec(sampler=args.sampler, num_inference_steps=args.num_inference_steps, spacing=args.spacing,
                       seed=args.seed, guidance=args.guidance, classifier_scale=getattr(args, "classifier_scale", 0.0),
-                      negative_prompt=getattr(args, "negative_prompt", None), bf16=args.bf16, options=options)
+                      negative_prompt=getattr(args, "negative_prompt", None), bf16=_bf16(args), options=options)
+
+
+def _bf16(args) -> bool:
+    """``--bf16`` as given; else on for a Gaussian pixel run (where bf16 was measured, docs/speed.md)
+    when the sampling device computes bf16 natively. Cold and text runs keep float32 unless asked."""
+    if args.bf16 is not None:
+        return args.bf16
+    from .cold import is_cold
+    from .compiling import native_bf16
+    from .distributed import resolve_device
+    from .run_files import read_run_config
+
+    cfg = read_run_config(args.run)
+    measured = not is_cold(cfg["process"]) and not cfg.get("text")
+    return measured and native_bf16(resolve_device(getattr(args, "device", "cpu")))

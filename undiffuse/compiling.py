@@ -111,3 +111,14 @@ class EagerOnFailure:
         out = call_or_fall_back(lambda: self.compiled(xt, t, cond), self.compiled.net, "sampling")
         self.checked = True
         return out
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls and convolutions natively: a GPU that supports bf16,
+    or a CPU with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and slower than float32, so the
+    CLI's precision default (``cli_sampling.sample_spec``) keeps float32 there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from .distributed import cpu_model_and_features
+
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & set(cpu_model_and_features()[1]))

@@ -197,10 +197,9 @@ def backend() -> str | None:
     return dist.get_backend() if is_distributed() else None
 
 
-def machine(device: torch.device) -> dict:
-    """What trains the run (recorded in its config.json, rewritten at every start or resume): the CPU
-    model and the instruction sets that change bf16 speed (AVX-512 BF16, AMX), the GPU if training
-    runs on one, the number of processes and threads, and the torch version."""
+def cpu_model_and_features() -> tuple[str, list[str]]:
+    """The CPU's model name and which of the instruction sets that change bf16 speed it has
+    (AVX-512, AVX-512 BF16, AMX), read from /proc/cpuinfo (elsewhere: the platform's name, none)."""
     import platform
 
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -215,6 +214,14 @@ def machine(device: torch.device) -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_features": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+    return cpu, [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
+def machine(device: torch.device) -> dict:
+    """What trains the run (recorded in its config.json, rewritten at every start or resume): the CPU
+    model and the instruction sets that change bf16 speed, the GPU if training runs on one, the
+    number of processes and threads, and the torch version."""
+    cpu, features = cpu_model_and_features()
+    return {"cpu": cpu, "cpu_features": features,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "processes": world_size(), "threads": torch.get_num_threads(), "torch": torch.__version__}
