@@ -18,6 +18,7 @@ from .text.cli import add_sample_text_options, cmd_sample_text
 from .metrics.inception import UnavailableError
 from .cli_sampling import add_steps_and_spacing, sample_spec
 from .cold.cli import add_degrade, cmd_degrade, list_cold
+from .latent.cli import add_train_autoencoder, cmd_train_autoencoder
 from .pictures import save_sampling_trajectory
 
 
@@ -202,13 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_samplers(sub)
     add_classifier_cli(sub)
     add_degrade(sub)
+    add_train_autoencoder(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "samplers": cmd_samplers,
-                "train-classifier": cmd_train_classifier, "degrade": cmd_degrade}
+                "train-classifier": cmd_train_classifier, "degrade": cmd_degrade,
+                "train-autoencoder": cmd_train_autoencoder}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, UnavailableError) as e:

@@ -67,10 +67,11 @@ def _help(f: Field) -> str:
     return text.replace("%", "%%")  # argparse %-formats help texts
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``flag_fields``), in the argument groups of GROUPS."""
+def add_config_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """One flag per TrainConfig field (``flag_fields``), in the argument groups of GROUPS; with ``only``,
+    the fields it names (another command's flags, e.g. train-autoencoder's --kl-weight)."""
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in flag_fields():
+    for f in flag_fields() if only is None else [f for f in fields(TrainConfig) if f.name in only]:
         group, name = groups[f.metadata["group"]], flag(f.name)
         if field_types(f.name) == (bool,):
             group.add_argument(name, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
@@ -104,6 +105,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig that parsed `undiffuse train` arguments describe: the preset, then each flag given."""
-    overrides = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name) is not None}
+    """The TrainConfig that parsed `undiffuse train` (or train-autoencoder) arguments describe: the preset,
+    then each flag given."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return preset(args.preset).updated(**overrides)

@@ -211,8 +211,12 @@ class AutoencoderKL(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types: list[str] | None = None,
                  up_block_types: list[str] | None = None, block_out_channels: list[int] = (64,),
                  layers_per_block: int = 1, latent_channels: int = 4, norm_num_groups: int = 32,
-                 sample_size: int = 32, scaling_factor: float = 0.18215, mid_block_add_attention: bool = True):
+                 sample_size: int = 32, scaling_factor: float = 0.18215, mid_block_add_attention: bool = True,
+                 act_fn: str = "silu"):
         super().__init__()
+        if act_fn != "silu":
+            raise ValueError(f"autoencoder config: act_fn={act_fn!r} is not supported; this model implements "
+                             "diffusers' AutoencoderKL with act_fn='silu'")
         widths = [int(w) for w in block_out_channels]
         _check_architecture(widths, down_block_types, up_block_types, norm_num_groups, layers_per_block,
                             in_channels, out_channels, latent_channels)

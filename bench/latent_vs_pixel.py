@@ -1,0 +1,154 @@
+"""Why latents? Pixel and latent diffusion trained for the same wall-clock budget on 64x64 colour shapes.
+
+    OMP_NUM_THREADS=1 python bench/latent_vs_pixel.py                  # ~15 min on one core (docs/latent.md)
+    python bench/latent_vs_pixel.py --budget-minutes 30 --ae-minutes 20 --n-eval 500   # a quiet machine
+
+1. The KL autoencoder (kl-f4: 64x64x3 -> 16x16x3, 16x fewer values) trains for --ae-minutes
+   (`undiffuse train-autoencoder`); its latent scale and held-out reconstruction are measured.
+2. The same U-Net (same widths, levels and attention at 8x8; same parameter count, since both
+   have 3 input channels) trains on pixels and on the scaled latents, each for --budget-minutes
+   (`undiffuse train ... --max-minutes`, and `--autoencoder RUN` for the latent one).
+3. Each samples --n-eval images with DDIM (--sample-steps); images/s include the latent decoding.
+4. Quality: the FID-style distance to held-out real shapes in the 128-d features of a classifier
+   trained here on the shapes' labels (Inception weights cannot be downloaded offline), beside the
+   real-data floor (two disjoint real sets of the same size) and the autoencoder's own floor
+   (reconstructions of one real set against the other).
+
+Writes --out/latent_vs_pixel.json, the Markdown table (also printed), the autoencoder's
+reconstruction grid and both sample grids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from undiffuse.checkpoint import read_json
+from undiffuse.config import PRESETS, TrainConfig
+from undiffuse.data import load_shapes
+from undiffuse.latent.measure import encode_means, reconstruct, save_reconstructions
+from undiffuse.latent.runs import load_autoencoder
+from undiffuse.metrics import extract_features, fid_from_features, train_feature_net
+from undiffuse.trainer import Trainer
+from undiffuse.viz import save_grid
+
+#: One U-Net for both: 64 -> 32 -> 16 -> 8 on pixels, 16 -> 8 -> 4 -> 2 on latents; attention at 8x8.
+NET = {"type": "unet", "channels": 32, "channel_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [8],
+       "dropout": 0.0}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget-minutes", type=float, default=3.0, help="training wall clock of each diffusion model")
+    p.add_argument("--ae-minutes", type=float, default=3.0, help="training wall clock of the autoencoder")
+    p.add_argument("--n-train", type=int, default=3000, help="training shapes")
+    p.add_argument("--n-eval", type=int, default=100, help="samples per model, and real images per reference set")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--feature-epochs", type=int, default=3, help="epochs of the feature classifier")
+    p.add_argument("--out", default="bench_out/latent_vs_pixel", help="run directories and results")
+    return p.parse_args()
+
+
+def train(cfg: TrainConfig, data) -> dict:
+    """Train ``cfg`` on ``data``; its steps, seconds (setup, i.e. encoding, apart) and images/s (median
+    of the logged windows after the first, which holds warm-up)."""
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, data=data)
+    setup = time.perf_counter() - t0
+    trainer.fit(progress=False)
+    log = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in log[1:]] or [log[-1]["images_per_s"]]
+    return {"steps": trainer.step, "setup_s": setup, "train_s": log[-1]["elapsed_s"],
+            "train_images_per_s": statistics.median(rates), "final_loss": log[-1]["loss"], "trainer": trainer}
+
+
+def sample(pipe, n: int, steps: int, batch: int = 50) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    x = torch.cat([pipe.sample(min(batch, n - i), sampler="ddim", num_inference_steps=steps, seed=i)
+                   for i in range(0, n, batch)])
+    return x, n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    data = load_shapes(n=args.n_train, image_size=64)
+    real = load_shapes(n=2 * args.n_eval, split="test", include_heldout=False, image_size=64).x
+    real_a, real_b = real[:args.n_eval], real[args.n_eval:]
+    common = dict(data="shapes", image_size=64, class_conditional=False, batch_size=args.batch_size,
+                  max_train_steps=10**7, checkpoint_every=10**7, sample_every=0, log_every=10, seed=0)
+
+    ae_cfg = PRESETS["autoencoder"].updated(**common, max_minutes=args.ae_minutes, out=str(out / "ae"),
+                                            lr_schedule="constant")
+    ae_info = train(ae_cfg, data)
+    ae, record = load_autoencoder(out / "ae")
+    ae_entry = read_json(out / "ae" / "config.json")["autoencoder"]
+    save_reconstructions(ae, real_a[:8], out / "reconstructions.png")
+    q = ae.encode(real_a[:64])
+    ratio = float((q.std.mean() / encode_means(ae, data.x[:1024]).std()).detach())  # posterior std vs spread
+
+    runs, samples = {}, {}
+    for name, extra in (("pixel", {}), ("latent", {"autoencoder": str(out / "ae")})):
+        cfg = TrainConfig(**common, net=NET, max_minutes=args.budget_minutes, lr_schedule="constant", num_samples=8,
+                          sample_steps=10, out=str(out / name), **extra)
+        runs[name] = train(cfg, data)
+        pipe = runs[name].pop("trainer").pipeline()
+        samples[name], runs[name]["sample_images_per_s"] = sample(pipe, args.n_eval, args.sample_steps)
+        save_grid(samples[name][:64], out / f"samples_{name}.png", nrow=8)
+
+    net, info = train_feature_net(data.x, data.labels, data.num_classes, epochs=args.feature_epochs)
+    ref = extract_features(net, real_b)
+
+    def fid(x: torch.Tensor) -> float:
+        return fid_from_features(extract_features(net, x.clamp(-1, 1)), ref)
+
+    result = {"args": vars(args), "cpu": _cpu(), "threads": torch.get_num_threads(),
+              "autoencoder": {**{k: v for k, v in ae_info.items() if k != "trainer"}, **ae_entry,
+                              "posterior_std_over_latent_std": ratio, "fid_recon": fid(reconstruct(ae, real_a))},
+              "feature_net": info, "fid_floor": fid(real_a),
+              "models": {k: {**v, "fid": fid(samples[k])} for k, v in runs.items()}}
+    (out / "latent_vs_pixel.json").write_text(json.dumps(result, indent=1))
+    table = markdown(result)
+    (out / "latent_vs_pixel.md").write_text(table)
+    print(table)
+
+
+def markdown(r: dict) -> str:
+    a, m = r["args"], r["models"]
+    rows = ["| model | train steps | train images/s | sampling images/s | FID-style (n = %d) |" % a["n_eval"],
+            "|---|---:|---:|---:|---:|"]
+    for name, v in m.items():
+        rows.append(f"| {name} | {v['steps']} | {v['train_images_per_s']:.1f} | {v['sample_images_per_s']:.2f} | "
+                    f"{v['fid']:.1f} |")
+    ae = r["autoencoder"]
+    rows += [f"| real-data floor | | | | {r['fid_floor']:.1f} |",
+             f"| autoencoder reconstructions (the latent model's floor) | | | | {ae['fid_recon']:.1f} |", "",
+             f"Budget {a['budget_minutes']} min per diffusion model, {a['ae_minutes']} min for the autoencoder "
+             f"({ae['steps']} steps, {ae['train_images_per_s']:.1f} images/s; latent scale {ae['scaling_factor']:.4f}; "
+             f"held-out PSNR {ae['reconstruction_heldout']['psnr_db']:.2f} dB, SSIM "
+             f"{ae['reconstruction_heldout']['ssim']:.4f}); speed-up in training images/s "
+             f"{m['latent']['train_images_per_s'] / m['pixel']['train_images_per_s']:.1f}x, in sampling "
+             f"{m['latent']['sample_images_per_s'] / m['pixel']['sample_images_per_s']:.1f}x. "
+             f"CPU: {r['cpu']}, {r['threads']} thread(s)."]
+    return "\n".join(rows) + "\n"
+
+
+def _cpu() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return os.uname().machine
+
+
+if __name__ == "__main__":
+    main()
