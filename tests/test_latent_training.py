@@ -3,6 +3,7 @@ resume of both, sampling that decodes to the data's shape, the autoencoder recor
 (refused before anything is written)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def _copy_runs(tmp_path: Path, ae_run: Path, latent_run: Path) -> tuple[Path, Pa
     shutil.copytree(latent_run, lat)
     cfg = read_json(lat / "config.json")
     cfg["latent"]["run"] = str(ae.resolve())
-    (lat / "config.json").write_text(__import__("json").dumps(cfg))
+    (lat / "config.json").write_text(json.dumps(cfg))
     return ae, lat
 
 
@@ -162,3 +163,32 @@ def test_cli_train_autoencoder_and_bad_input(tmp_path, capsys, ae_run):
     code = main(["train", "--data", "digits", "--autoencoder", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert_clean_error(code, capsys.readouterr().err, "does not exist", "train-autoencoder --out")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
+
+
+def test_text_conditioning_works_on_latents(tmp_path, monkeypatch, ae_run, digits16):
+    """Captions travel with the latents: a text run on them trains, loads and samples from prompts."""
+    from helpers_text import DIGIT_WORDS, FAKE
+
+    monkeypatch.setenv("UNDIFFUSE_CACHE", str(tmp_path / "cache"))
+    data = digits16.select(torch.arange(len(digits16)))
+    data.captions = [f"a handwritten {DIGIT_WORDS[y]}" for y in data.labels.tolist()]
+    cfg = latent_cfg(tmp_path / "text", ae_run, net="tiny", text=True, text_encoder=FAKE, max_train_steps=2,
+                     sample_every=0)
+    Trainer(cfg, data=data).fit(progress=False)
+    pipe = undiffuse.load(tmp_path / "text")
+    assert pipe.takes_prompts and pipe.denoised_shape == (3, 4, 4)
+    x = pipe.sample(2, prompts=["a handwritten one", "a handwritten two"], guidance=3.0, num_inference_steps=2)
+    assert x.shape == (2, 1, 16, 16)
+
+
+def test_an_autoencoder_run_is_not_a_pipeline_and_an_unfinished_one_is_refused(tmp_path, ae_run):
+    with pytest.raises(ValueError, match="is an autoencoder run .* does not sample"):
+        undiffuse.load(ae_run)
+    unfinished = tmp_path / "ae"
+    shutil.copytree(ae_run, unfinished)
+    cfg = read_json(unfinished / "config.json")
+    del cfg["autoencoder"]  # as after a crash before the end of training
+    (unfinished / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="has not finished: .* --resume"):
+        Trainer(latent_cfg(tmp_path / "out", unfinished))
+    assert not (tmp_path / "out").exists()
