@@ -192,3 +192,20 @@ def test_an_autoencoder_run_is_not_a_pipeline_and_an_unfinished_one_is_refused(t
     with pytest.raises(ValueError, match="has not finished: .* --resume"):
         Trainer(latent_cfg(tmp_path / "out", unfinished))
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_measures_a_latent_run_in_pixel_space(tmp_path, monkeypatch):
+    """8x8 digits (which have a feature net): samples decoded before they are measured; no DDPM
+    bits/dim or rate-distortion, which would be about latents."""
+    from undiffuse.evaluate import evaluate
+
+    monkeypatch.setenv("UNDIFFUSE_CACHE", str(tmp_path / "cache"))
+    digits8 = load_dataset("digits", n=80, seed=0)
+    Trainer(ae_cfg(tmp_path / "ae", image_size=None, max_train_steps=2, sample_every=0), data=digits8).fit(progress=False)
+    net = {"type": "unet", "channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": ()}
+    Trainer(latent_cfg(tmp_path / "lat", tmp_path / "ae", image_size=None, net=net, max_train_steps=2,
+                       sample_every=0), data=digits8).fit(progress=False)
+    result = evaluate(tmp_path / "lat", n=20, nll_images=4, num_inference_steps=2, plots=True)
+    assert "fid" in result and "bits_per_dim_vlb" not in result
+    assert set(result["plots"]) == {"samples", "loss", "trajectory"}  # no rate_distortion_*
+    assert (tmp_path / "lat" / "eval" / "samples.png").is_file()
