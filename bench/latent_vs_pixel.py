@@ -35,9 +35,10 @@ import torch
 from safetensors.torch import save_file
 
 from undiffuse.checkpoint import read_json
-from undiffuse.config import PRESETS, TrainConfig
+from undiffuse.config import TrainConfig
 from undiffuse.data import load_shapes
 from undiffuse.latent.measure import encode_means, reconstruct, save_reconstructions
+from undiffuse.latent.cli import AUTOENCODER_DEFAULTS
 from undiffuse.latent.runs import load_autoencoder
 from undiffuse.data.base import resize_images
 from undiffuse.metrics import fid_from_features, kid
@@ -94,7 +95,7 @@ def main() -> None:
     common = dict(data="shapes", image_size=64, class_conditional=False, batch_size=args.batch_size,
                   max_train_steps=10**7, checkpoint_every=10**7, sample_every=0, log_every=5, seed=0)
 
-    ae_cfg = PRESETS["autoencoder"].updated(**common, max_minutes=args.ae_minutes, out=str(out / "ae"),
+    ae_cfg = AUTOENCODER_DEFAULTS.updated(**common, max_minutes=args.ae_minutes, out=str(out / "ae"),
                                             lr_schedule="constant")
     ae_info = train(ae_cfg, data)
     ae, record = load_autoencoder(out / "ae")

@@ -377,11 +377,6 @@ PRESETS: dict[str, TrainConfig] = {
     "cold-blur": TrainConfig(process="blur:summary_modes=2", standardize_input=True, residual=True,
                              class_conditional=False, max_train_steps=3500, checkpoint_every=250,
                              out="runs/cold-blur"),
-    # The KL autoencoder of latent diffusion, factor 4, on 64x64 colour shapes (docs/latent.md):
-    # `undiffuse train-autoencoder`; then `undiffuse train --autoencoder runs/autoencoder`.
-    "autoencoder": TrainConfig(data="shapes", image_size=64, net="kl-f4", autoencoder_training=True, batch_size=16,
-                               lr=1e-3, warmup_steps=100, max_train_steps=3000, class_conditional=False,
-                               sample_every=1000, checkpoint_every=500, out="runs/autoencoder"),
     "ddpm-cifar10": TrainConfig(net="ddpm-cifar10", process="ddpm:linear:1000", lr=2e-4,
                                 batch_size=128, max_train_steps=800_000, warmup_steps=5000, ema_decay=0.9999,
                                 class_conditional=False, out="runs/cifar10"),
