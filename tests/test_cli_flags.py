@@ -76,9 +76,10 @@ def test_the_flags_are_the_old_ones_plus_max_train_steps():
     flags = {s for action in train_parser()._actions for s in action.option_strings}
     old = {row[0] for row in OLD_VALUE_FLAGS}
     old |= {f"--{p}{b.replace('_', '-')}" for b in OLD_BOOL_FIELDS for p in ("", "no-")}
-    assert flags == old | {"-h", "--help", "--preset", "--resume", "--overwrite", "--max-train-steps"}
+    assert flags == old | {"-h", "--help", "--preset", "--resume", "--overwrite", "--max-train-steps", "--autoencoder"}
     # One flag per field but clip_x0 (None, no clamping, cannot be typed), each with help and a group.
-    assert [f.name for f in flag_fields()] == [f.name for f in fields(TrainConfig) if f.name != "clip_x0"]
+    assert [f.name for f in flag_fields()] == [f.name for f in fields(TrainConfig)
+                                             if f.name not in ("clip_x0", "kl_weight", "autoencoder_training")]
     assert all(f.metadata["help"] and f.metadata["group"] in GROUPS for f in fields(TrainConfig))
 
 

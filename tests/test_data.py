@@ -255,3 +255,17 @@ def test_bad_option_values(classes: Path) -> None:
 def test_unknown_spec_lists_valid_names() -> None:
     with pytest.raises(DataError, match=r"'minst' \(did you mean 'mnist'\?\).*digits, toy2d.*folder"):
         load_dataset("minst")
+
+
+def test_shapes_larger_than_32_are_drawn_at_their_size():
+    """64x64 shapes have 64 pixels of detail (drawn at 64), not the 32x32 images upsampled; their 2x2
+    averages are the 32x32 images up to the antialiased edges."""
+    import torch.nn.functional as F
+
+    from undiffuse.data import load_shapes
+    from undiffuse.data.base import resize_images
+
+    x64, x32 = load_shapes(n=16, image_size=64).x, load_shapes(n=16).x
+    assert x64.shape == (16, 3, 64, 64)
+    assert (F.avg_pool2d(x64, 2) - x32).abs().mean() < 0.02
+    assert (x64 - resize_images(x32, 64)).abs().max() > 0.3

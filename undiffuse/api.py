@@ -19,7 +19,7 @@ from .denoiser import Denoiser
 from .pipeline import Pipeline
 from .processes import from_config
 from .rundir import check_run_dir
-from .run_files import build_run_net, config_errors, load_checked, read_run_config
+from .run_files import build_run_net, config_errors, is_autoencoder_run, load_checked, read_run_config
 from .trainer import Trainer
 
 
@@ -36,6 +36,10 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
         raise ValueError("weights must be 'ema' or 'model'")
     if is_cold(cfg["process"]):
         return load_cold(run_dir, cfg, ckpt, weights)
+    if is_autoencoder_run(cfg):
+        raise ValueError(f"{run_dir} is an autoencoder run (train-autoencoder): it encodes and decodes but does not "
+                         "sample; load it with undiffuse.latent.runs.load_autoencoder, or train diffusion on its "
+                         f"latents with `undiffuse train --autoencoder {run_dir}`")
     net = build_run_net(cfg, run_dir / "config.json")
     den = cfg["denoiser"]
     with config_errors(run_dir / "config.json", "'process' or 'denoiser'"):
@@ -43,6 +47,10 @@ def load(run_dir: str | Path, weights: str = "ema", encoder=None) -> Pipeline:
                             sigma_data=den["sigma_data"], learn_variance=den["learn_variance"],
                             clip_x0=den["clip_x0"])
     load_checked(denoiser, ckpt / f"{weights}.safetensors")
+    if cfg.get("latent") is not None:  # a latent run: samples decoded by its autoencoder
+        from .latent.pipeline import load_latent_pipeline
+
+        return load_latent_pipeline(denoiser, cfg, run_dir, encoder)
     data = cfg["data"]
     return Pipeline(denoiser, data["shape"], data["num_classes"], data.get("class_names"), run_dir,
                     text=cfg.get("text"), encoder=encoder)

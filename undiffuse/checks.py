@@ -108,10 +108,12 @@ def check_finite_samples(x: Tensor, model: nn.Module, source: str) -> Tensor:
 
 def net_kind(net: str | dict) -> str:
     """"unet" or "mlp" (what ``build_net`` would build), or the unknown name as given."""
-    from .nets import NET_TYPES, UNET_PRESETS
+    from .nets import AUTOENCODER_PRESETS, NET_TYPES, UNET_PRESETS
 
     if isinstance(net, dict):
         return str(net.get("type"))
+    if net in AUTOENCODER_PRESETS:
+        return "autoencoder_kl"
     return "unet" if net in UNET_PRESETS else net if net in NET_TYPES else str(net)
 
 
@@ -126,6 +128,7 @@ def check_data_fits(cfg, data) -> None:
     if cfg.cold and images:
         _check_kernel_fits(cfg.process, min(data.x.shape[-2:]))
     kind, shown = net_kind(net), net if isinstance(net, str) else f"{{'type': {net_kind(net)!r}, ...}}"
+    _check_autoencoder_net(cfg, kind, shown, images, data)
     if kind == "unet" and not images:
         raise ValueError(f"--net {shown} is a U-Net for images, but {data.name} holds "
                          f"{data.x.shape[1]}-D points; use --net mlp (as the toy2d preset does)")
@@ -137,6 +140,20 @@ def check_data_fits(cfg, data) -> None:
         raise ValueError(f"{data.name} has {len(data)} {what}, fewer than --batch-size {batch_size}: a "
                          f"batch needs that many distinct ones; use --batch-size {len(data)} or less, "
                          f"or add {what}")
+
+
+def _check_autoencoder_net(cfg, kind: str, shown: str, images: bool, data) -> None:
+    """An autoencoder net is trained by train-autoencoder on images, and nothing else trains one."""
+    training = getattr(cfg, "autoencoder_training", False)
+    if training and kind != "autoencoder_kl":
+        raise ValueError(f"train-autoencoder trains a KL autoencoder, but --net {shown} is a {kind}; use --net kl-f4 "
+                         "or kl-f8 (or a dict with 'type': 'autoencoder_kl')")
+    if training and not images:
+        raise ValueError(f"an autoencoder encodes images, but {data.name} holds {data.x.shape[1]}-D points")
+    if kind == "autoencoder_kl" and not training:
+        raise ValueError(f"--net {shown} is an autoencoder, not a denoiser: train it with `undiffuse "
+                         "train-autoencoder --net ...`, then diffusion on its latents with `undiffuse train "
+                         "--autoencoder RUN` and a U-Net --net")
 
 
 def _check_kernel_fits(process, side: int) -> None:

@@ -19,6 +19,7 @@ from .metrics.inception import UnavailableError
 from .cli_sampling import add_precision, add_steps_and_spacing, sample_spec
 from .cold.cli import add_degrade, cmd_degrade, list_cold
 from .interop.cli import add_cli as add_interop_cli, cmd_export, cmd_import
+from .latent.cli import add_train_autoencoder, cmd_train_autoencoder
 from .pictures import save_sampling_trajectory
 from .serve.cli import add_serve, cmd_serve
 
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_samplers(sub)
     add_classifier_cli(sub)
     add_degrade(sub)
+    add_train_autoencoder(sub)
     add_interop_cli(sub)
     add_serve(sub)
     return parser
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "samplers": cmd_samplers,
                 "train-classifier": cmd_train_classifier, "degrade": cmd_degrade,
-                "export": cmd_export, "import": cmd_import, "serve": cmd_serve}
+                "train-autoencoder": cmd_train_autoencoder, "export": cmd_export, "import": cmd_import,
+                "serve": cmd_serve}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, UnavailableError) as e:

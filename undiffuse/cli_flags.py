@@ -56,10 +56,11 @@ def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def _help(f: Field) -> str:
-    """The field's help text with its default: the mnist preset's, then where other presets differ."""
-    default = getattr(PRESETS["mnist"], f.name)
-    others = [f"{name}: {_shown(getattr(cfg, f.name))}" for name, cfg in PRESETS.items()
+def _help(f: Field, presets: dict[str, TrainConfig]) -> str:
+    """The field's help text with its default: the first preset's, then where other presets differ."""
+    first, *_ = presets.values()
+    default = getattr(first, f.name)
+    others = [f"{name}: {_shown(getattr(cfg, f.name))}" for name, cfg in presets.items()
               if getattr(cfg, f.name) != default]
     parts = ([] if default is None else [f"default: {_shown(default)}"]) + \
         ([f"--preset {', '.join(others)}"] if others else [])
@@ -67,19 +68,23 @@ def _help(f: Field) -> str:
     return text.replace("%", "%%")  # argparse %-formats help texts
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``flag_fields``), in the argument groups of GROUPS."""
+def add_config_flags(p: argparse.ArgumentParser, only: set[str] | None = None,
+                     defaults: TrainConfig | None = None) -> None:
+    """One flag per TrainConfig field (``flag_fields``), in the argument groups of GROUPS; with ``only``
+    and ``defaults``, the fields ``only`` names with the defaults shown from ``defaults`` (another
+    command's flags, e.g. train-autoencoder's, with its --kl-weight)."""
+    presets = PRESETS if defaults is None else {"": defaults}
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in flag_fields():
+    for f in flag_fields() if only is None else [f for f in fields(TrainConfig) if f.name in only]:
         group, name = groups[f.metadata["group"]], flag(f.name)
         if field_types(f.name) == (bool,):
             group.add_argument(name, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                               help=_help(f))
+                               help=_help(f, presets))
             continue
         choices = f.metadata["choices"]
         kind = {"dest": f.name, "type": _value_type(f), "default": None,
                 "metavar": "{" + ",".join(choices) + "}" if choices else None}
-        group.add_argument(name, help=_help(f), **kind)
+        group.add_argument(name, help=_help(f, presets), **kind)
         for old in f.metadata["renamed_from"]:
             group.add_argument(flag(old), action=DeprecatedAlias, new=name, **kind,
                                help=f"deprecated spelling of {name}, removed in the next release")
@@ -104,6 +109,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig that parsed `undiffuse train` arguments describe: the preset, then each flag given."""
-    overrides = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name) is not None}
+    """The TrainConfig that parsed `undiffuse train` (or train-autoencoder) arguments describe: the preset,
+    then each flag given."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return preset(args.preset).updated(**overrides)

@@ -55,6 +55,7 @@ ON_MISSING_CAPTION = ("error", "warn", "skip")
 #: The groups of `undiffuse train --help`, in order: a field's metadata names its group by key.
 GROUPS = {"data": "data", "model": "model and forward process", "text": "text-to-image (--text)",
           "cold": "cold diffusion (--process blur, mask, ...)", "objective": "training objective",
+          "latent": "latent diffusion (--autoencoder) and undiffuse train-autoencoder",
           "optim": "optimisation", "hardware": "hardware and speed",
           "outputs": "outputs: checkpoints, logs, sample grids"}
 
@@ -70,7 +71,7 @@ def _option(group: str, default: Any, help: str, *, choices: tuple | None = None
 
 
 # One maker per group, in GROUPS' order.
-_data, _model, _text, _cold, _objective, _optim, _hardware, _outputs = (partial(_option, g) for g in GROUPS)
+_data, _model, _text, _cold, _objective, _latent, _optim, _hardware, _outputs = (partial(_option, g) for g in GROUPS)
 
 
 def _renamed(changes: dict[str, Any], *, warn: bool) -> dict[str, Any]:
@@ -161,6 +162,14 @@ class TrainConfig:
     weighting: str = _objective("min_snr", "loss weighting over noise levels (min_snr: Hang et al. 2023)",
                                 choices=WEIGHTINGS)
     snr_gamma: float = _objective(5.0, "gamma of min-SNR weighting")
+    # latent diffusion (Rombach et al. 2022; undiffuse.latent)
+    autoencoder: str | None = _latent(None, "train on the scaled latents of this autoencoder run (written by "
+                                      "`undiffuse train-autoencoder`); samples are decoded to images")
+    # A flag of train-autoencoder only (undiffuse.latent.cli).
+    kl_weight: float = _latent(1e-6, "weight of KL(q(z|x) || N(0, I)) against the per-pixel reconstruction error "
+                               "(1e-6: latent diffusion's KL-f autoencoders)", cli=False)
+    # Set by `undiffuse train-autoencoder` (not a flag of train): the run trains the autoencoder.
+    autoencoder_training: bool = _latent(False, "train the KL autoencoder --net instead of a denoiser", cli=False)
     # optimisation
     max_train_steps: int = _optim(1000, "total number of optimisation steps to train for",
                                   renamed_from=("steps",))
@@ -234,6 +243,8 @@ class TrainConfig:
             raise ValueError(f"invalid training config: text conditioning is for Gaussian diffusion; the cold "
                              f"process {self.process!r} trains a restorer without captions; drop --text or "
                              "use a Gaussian process (ddpm, vp, ve, edm)")
+        if self.autoencoder_training or self.autoencoder is not None:
+            self._validate_latent()
         if is_cold(self.process):
             self._validate_cold()
         elif self.sampler in COLD_SAMPLERS:
@@ -261,6 +272,17 @@ class TrainConfig:
                 raise ValueError(f"invalid training config: {f.name} (--{f.name.replace('_', '-')}) must be "
                                  f"a finite number, got {value}")
 
+    def _validate_latent(self) -> None:
+        """An autoencoder run trains on images alone; a latent run is Gaussian diffusion on latents."""
+        if self.autoencoder_training and (self.cold or self.text or self.autoencoder is not None):
+            raise ValueError("invalid training config: train-autoencoder trains on images alone; drop the cold "
+                             "--process, --text and --autoencoder (they are for `undiffuse train`)")
+        if self.cold:
+            raise ValueError(f"invalid training config: --autoencoder trains Gaussian diffusion on latents, but "
+                             f"{self.process!r} is a cold degradation of images; use ddpm, vp, ve or edm")
+        if self.kl_weight < 0:
+            raise ValueError(f"invalid training config: kl_weight (--kl-weight) must be >= 0, got {self.kl_weight}")
+
     def _validate_cold(self) -> None:
         try:
             deg = make_degradation(self.process)
@@ -287,6 +309,10 @@ class TrainConfig:
         sampler ddim / improved for a Gaussian / cold process; a cold one also records what it
         does, prediction "x0" and weighting "uniform". Trainers run (and save) this."""
         self.validate()
+        if self.autoencoder_training:  # L1: latent diffusion's reconstruction term (sharper than L2)
+            return replace(self, loss=self.loss or "l1", sampler=None)
+        if self.autoencoder is not None:  # latents are not in [-1, 1]: no clamping of x0_hat
+            return replace(self, loss=self.loss or "l2", sampler=self.sampler or "ddim", clip_x0=None)
         if not self.cold:
             return replace(self, loss=self.loss or "l2", sampler=self.sampler or "ddim")
         return replace(self, loss=self.loss or "l1", sampler=self.sampler or "improved",

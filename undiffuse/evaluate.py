@@ -110,7 +110,7 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, spec: SampleSpec | None = No
         from .metrics import standard_fid as fid_inception
 
         result["standard_fid"] = fid_inception(samples, held_out.x[:n], inception_weights)
-    if isinstance(pipe.process, DDPM) and nll_images > 0:
+    if _pixel_ddpm(pipe) and nll_images > 0:
         real = quantize_8bit(held_out.x[:nll_images])
         gen = torch.Generator().manual_seed(seed)
         vlb = vlb_bits_per_dim(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)),
@@ -124,6 +124,11 @@ def evaluate(run_dir: str | Path, *, n: int = 2000, spec: SampleSpec | None = No
     return result
 
 
+def _pixel_ddpm(pipe: Pipeline) -> bool:
+    """Whether the DDPM likelihood bounds apply: a DDPM on pixels (a latent run's would be on latents)."""
+    return isinstance(pipe.process, DDPM) and pipe.denoised_shape == pipe.shape
+
+
 def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: TensorData,
                 seed: int) -> dict[str, Path]:
     from .metrics import plot_rate_distortion, rate_distortion
@@ -134,7 +139,7 @@ def write_plots(pipe: Pipeline, run_dir: Path, samples: torch.Tensor, held_out: 
     if (run_dir / "log.jsonl").is_file():  # a run imported from diffusers has no training log
         paths["loss"] = plot_loss_curve(run_dir / "log.jsonl", out / "loss.png")
     paths["trajectory"] = save_sampling_trajectory(pipe, out / "trajectory.png", seed=seed)
-    if isinstance(pipe.process, DDPM):
+    if _pixel_ddpm(pipe):
         real = quantize_8bit(held_out.x[:64])
         rd = rate_distortion(pipe.denoiser, real, cond=pipe.conditioning.condition(SampleSpec(), len(real)), steps=100,
                              generator=torch.Generator().manual_seed(seed))

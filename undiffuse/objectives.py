@@ -9,7 +9,7 @@ every kind of run; an objective says what differs:
 An objective builds the model, draws the random numbers of the whole global batch (after the
 condition's dropout, so that the generator's state does not depend on the number of processes),
 computes the per-sample loss of this process's share, and draws the preview grids. A new kind of
-run (latent diffusion next) is one new objective: ``objective_for`` picks it from the config.
+run (as latent diffusion, ``undiffuse.latent``) is one new objective: ``objective_for`` picks it from the config.
 """
 from __future__ import annotations
 
@@ -32,8 +32,16 @@ class Objective:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 
+    def training_data(self, data: TensorData) -> TensorData:
+        """What the model trains on: the data itself, or (latent runs) its latents."""
+        return data
+
     def build(self, data: TensorData, context_dim: int | None = None) -> torch.nn.Module:
         raise NotImplementedError
+
+    def extra_config(self) -> dict:
+        """Entries of config.json beside the shared ones (a latent run: its autoencoder)."""
+        return {}
 
     def model_config(self, model) -> dict:
         """The run's "denoiser" entry of config.json: how to rebuild the model around its net."""
@@ -105,7 +113,16 @@ class GaussianObjective(Objective):
 
 
 def objective_for(cfg: TrainConfig) -> Objective:
-    """The objective of a (resolved) config: cold for a cold degradation, Gaussian otherwise."""
+    """The objective of a (resolved) config: the autoencoder's (train-autoencoder), latent diffusion
+    (--autoencoder), cold for a cold degradation, Gaussian otherwise."""
+    if cfg.autoencoder_training:
+        from .latent.objective import AutoencoderObjective
+
+        return AutoencoderObjective(cfg)
+    if cfg.autoencoder is not None:
+        from .latent.diffusion import LatentObjective
+
+        return LatentObjective(cfg)
     if cfg.cold:
         from .cold.objective import ColdObjective
 

@@ -152,6 +152,11 @@ class Pipeline(BasePipeline):
     def process(self):
         return self.model.process
 
+    @property
+    def denoised_shape(self) -> tuple[int, ...]:
+        """The shape the model denoises: the data's (a latent run's latents: ``LatentPipeline``)."""
+        return self.shape
+
     def _sample(self, n: int, spec: SampleSpec, callback: Callable[[dict], None] | None) -> Tensor:
         from .cold.samplers import COLD_SAMPLERS
 
@@ -164,7 +169,7 @@ class Pipeline(BasePipeline):
         fast = self.fast.get(spec.bf16, spec.compile, self.device)
         gen = torch.Generator().manual_seed(spec.seed)
         ts = timesteps(self.process, spec.num_inference_steps or DEFAULT_STEPS, spec.spacing or info.spacing)
-        x = self.process.prior((n, *self.shape), gen, t=ts[0]).to(self.device)  # drawn on the CPU: same samples
+        x = self.process.prior((n, *self.denoised_shape), gen, t=ts[0]).to(self.device)  # drawn on the CPU: same samples
         cond = self.conditioning.condition(spec, n, self.device)
         model = self.conditioning.guided(fast, spec, cond)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=spec.bf16):

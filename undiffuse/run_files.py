@@ -81,8 +81,15 @@ def _problem(cfg: Any) -> str | None:
         return f"holds {type(cfg).__name__}, not an object"
     entries = [*_ENTRIES, *[e for e in _OPTIONAL if _get(cfg, e[0]) is not _MISSING]]
     entries += _TEXT if isinstance(cfg.get("text"), dict) else []
-    entries += [] if is_cold(cfg.get("process")) else _GAUSSIAN
+    # Cold runs and autoencoder runs (train-autoencoder) have no Gaussian denoiser settings.
+    entries += [] if is_cold(cfg.get("process")) or is_autoencoder_run(cfg) else _GAUSSIAN
     return _first_problem(cfg, entries)
+
+
+def is_autoencoder_run(cfg: dict) -> bool:
+    """Whether a config.json is an autoencoder run's (`undiffuse train-autoencoder`)."""
+    process = cfg.get("process")
+    return isinstance(process, dict) and process.get("type") == "autoencoder"
 
 
 def _first_problem(obj: Any, entries: list[tuple[str, Callable[[Any], bool], str]]) -> str | None:

@@ -104,6 +104,10 @@ def check_resumable(run_dir: Path, cfg: TrainConfig, net: torch.nn.Module) -> No
     if changed:
         raise ValueError(f"cannot resume {run_dir}: settings differ from the saved run "
                          f"({', '.join(sorted(changed))}); use the same settings or a new --out")
+    if cfg.autoencoder is not None:  # a latent run: the same autoencoder weights, or other latents
+        from .latent.runs import load_recorded_autoencoder
+
+        load_recorded_autoencoder(saved.get("latent"), run_dir)
     # A preset that gained a parameter-free setting since would load the old weights silently.
     diff = config_differences(saved.get("net"), net)
     if diff:

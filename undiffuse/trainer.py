@@ -87,7 +87,7 @@ class Trainer:
                     **({"captions": True, "on_missing_caption": cfg.on_missing_caption,
                         "caption_column": cfg.caption_column} if cfg.text else {}))
         check_data_fits(cfg, data)  # before any network is built or step taken
-        self.data = data
+        self.data = data = self.objective.training_data(data)  # latent runs: the latents
         self.text: CaptionEmbedder | None = None  # a text run's captions, embedded up front
         if cfg.text:
             with distributed.main_first():  # one process fills the caption cache, then the rest
@@ -130,7 +130,7 @@ class Trainer:
                          "num_classes": self.num_classes,
                          "class_names": self.data.class_names},
                 "text": None if self.text is None else self.text.config(),
-                "machine": distributed.machine(self.device)}
+                "machine": distributed.machine(self.device), **self.objective.extra_config()}
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the others hold the same state); returns its folder on

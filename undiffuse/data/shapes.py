@@ -213,8 +213,10 @@ def load_shapes(n: int = DEFAULT_SIZE, seed: int = 0, *, split: str = "train", i
     captions = _captions(attrs_np, rng)
     attrs = {k: torch.from_numpy(v) for k, v in attrs_np.items()}
     size = IMAGE_SIZE if image_size is None else image_size
-    x = render_shapes(attrs, jitter, IMAGE_SIZE)
-    x = resize_images(x, size) if size != IMAGE_SIZE else x
+    # Larger images are drawn at their size (the shapes are analytic: 64x64 ones have 64 pixels of
+    # detail, not 32 upsampled); smaller ones are drawn at 32 and downsampled (antialiased), as before.
+    x = render_shapes(attrs, jitter, max(size, IMAGE_SIZE))
+    x = resize_images(x, size) if size < IMAGE_SIZE else x
     return TensorData(set_channels(x, channels), attrs["shape"][:, 0].clone(), len(SHAPE_NAMES), "shapes",
                       list(SHAPE_NAMES), captions, attrs)
 

@@ -15,6 +15,7 @@ import json
 
 from torch import nn
 
+from ..latent.autoencoder import AUTOENCODER_PRESETS, AutoencoderKL
 from .attention import AttentionBlock, CrossAttentionBlock
 from .embeddings import ClassEmbedding, TextConditioning, TimeEmbedding, timestep_embedding
 from .mlp import MLPDenoiser
@@ -22,9 +23,11 @@ from .unet import UNET_PRESETS, UNet
 
 __all__ = ["UNet", "MLPDenoiser", "TimeEmbedding", "ClassEmbedding", "TextConditioning", "timestep_embedding",
            "AttentionBlock", "CrossAttentionBlock",
-           "UNET_PRESETS", "NET_TYPES", "build_net", "net_config", "config_differences"]
+           "UNET_PRESETS", "AUTOENCODER_PRESETS", "AutoencoderKL", "NET_TYPES", "build_net", "net_config",
+           "config_differences"]
 
-NET_TYPES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLPDenoiser}
+#: "autoencoder_kl" (presets kl-f4, kl-f8) is trained by `undiffuse train-autoencoder`, not as a denoiser.
+NET_TYPES: dict[str, type[nn.Module]] = {"unet": UNet, "mlp": MLPDenoiser, "autoencoder_kl": AutoencoderKL}
 
 
 def build_net(name_or_config: str | dict, **overrides) -> nn.Module:
@@ -38,10 +41,13 @@ def build_net(name_or_config: str | dict, **overrides) -> nn.Module:
     if isinstance(name_or_config, str):
         if name_or_config in UNET_PRESETS:
             config = {"type": "unet", **UNET_PRESETS[name_or_config]}
+        elif name_or_config in AUTOENCODER_PRESETS:
+            config = {"type": "autoencoder_kl", **AUTOENCODER_PRESETS[name_or_config]}
         elif name_or_config in NET_TYPES:
             config = {"type": name_or_config}
         else:
             raise ValueError(f"unknown net {name_or_config!r}; presets: {sorted(UNET_PRESETS)}, "
+                             f"autoencoders: {sorted(AUTOENCODER_PRESETS)}, "
                              f"types: {sorted(NET_TYPES)}")
     else:
         config = dict(name_or_config)
