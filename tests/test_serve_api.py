@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers_serve import runs_root  # noqa: F401  (fixture)
+from test_latent_training import ae_run, digits16, latent_run  # noqa: F401  (fixtures)
 from fastapi.testclient import TestClient  # noqa: E402  (helpers_serve skips without the extra)
 from undiffuse.serve.app import create_app
 from undiffuse.serve.jobs import JobQueue
@@ -300,3 +301,20 @@ def test_frames_nobody_reads_are_dropped_beyond_the_newest_jobs():
     assert [e["x_t"] for e in first.events if e["type"] == "step"] == [None, "frame 2"]
     assert [e["x_t"] for e in second.events if e["type"] == "step"] == ["frame 1", "frame 2"]
     queue.close()
+
+
+def test_a_latent_run_is_listed_and_its_steps_are_decoded_images(tmp_path, latent_run):
+    import shutil
+
+    shutil.copytree(latent_run, tmp_path / "latent")
+    with client(tmp_path) as c:
+        listed = {r["name"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert "latent" in listed["latent"]["kind"]
+        steps = steps_of(c, "latent", {"steps": 2, "batch": 2, "class_label": 1})
+        assert [e["i"] for e in steps] == [1, 2]
+        # The frames are decoded: grey PNGs of the 1-channel digits, not RGB ones of the 3-channel latents.
+        frame = steps[-1]["x0"].split(",", 1)[1]
+        import base64
+
+        grid = Image.open(io.BytesIO(base64.b64decode(frame)))
+        assert grid.mode == "L"

@@ -146,6 +146,8 @@ def kind_of(cfg: dict) -> str:
     process = cfg.get("process") if isinstance(cfg.get("process"), dict) else {}
     name = str(process.get("type", "?"))
     parts = [f"cold {name}" if is_cold(process) else name]
+    if cfg.get("latent"):
+        parts.append("latent")
     if cfg.get("text"):
         parts.append("text")
     if (cfg.get("data") or {}).get("num_classes"):
