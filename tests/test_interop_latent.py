@@ -25,7 +25,8 @@ from undiffuse.cli import main
 from undiffuse.data import load_dataset
 from undiffuse.interop.diffusers_unet import InteropError
 from undiffuse.interop.export import export_diffusers
-from undiffuse.interop.import_ import import_diffusers
+from undiffuse.interop.import_ import NO_DATASET, import_diffusers
+from undiffuse.interop.vae import export_vae
 from undiffuse.samplers import ddim, timesteps
 from undiffuse.trainer import Trainer
 
@@ -34,7 +35,7 @@ from helpers_latent import ae_cfg, latent_cfg
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-from diffusers import LDMPipeline  # noqa: E402
+from diffusers import AutoencoderKL, LDMPipeline  # noqa: E402
 
 STEPS = 20  # divides 1000: diffusers' DDIM then steps as our "trailing" spacing
 TOL = 1e-5
@@ -130,8 +131,21 @@ def test_an_import_moves_as_one_folder_and_refuses_a_changed_autoencoder(runs, t
     tensors = load_file(str(weights))
     tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 0.1
     save_file(tensors, str(weights))
-    with pytest.raises(ValueError, match=r"the autoencoder run autoencoder has changed since .* was trained on"):
+    with pytest.raises(ValueError, match=r"the autoencoder run .*/elsewhere/run/autoencoder has changed since .* was trained on"):
         undiffuse.load(moved)
+
+
+def test_a_folder_saved_by_diffusers_imports(runs, tmp_path):
+    """diffusers' own save_pretrained writes the AutoencoderKL config keys ours fixes or ignores
+    (force_upcast, shift_factor, latents_mean, use_quant_conv, ...): the import reads them."""
+    _, lat, folder = runs
+    plain = tmp_path / "plain"
+    LDMPipeline.from_pretrained(folder).save_pretrained(plain)
+    assert "force_upcast" in read_json(plain / "vqvae" / "config.json")
+    imported = import_diffusers(plain, tmp_path / "imported")
+    assert read_json(imported / "config.json")["train"]["data"] == NO_DATASET
+    settings = dict(num_inference_steps=3, seed=1)
+    assert torch.equal(undiffuse.load(imported).sample(2, **settings), undiffuse.load(lat).sample(2, **settings))
 
 
 def test_cli_sample_and_eval_accept_an_imported_latent_run(runs, tmp_path, capsys, monkeypatch):
@@ -186,7 +200,7 @@ def _edit_json(folder: Path, name: str, edit) -> None:
     (lambda f: _edit_json(f, "model_index.json", lambda c: c.update(vqvae=["diffusers", "VQModel"])),
      r"component 'vqvae' is \['diffusers', 'VQModel'\]: only diffusers' AutoencoderKL"),
     (lambda f: _edit_json(f, "model_index.json", lambda c: c.pop("vqvae")),
-     r"names no 'vqvae' component; a LDMPipeline folder has unet/, scheduler/, vqvae/"),
+     r"names no 'vqvae' component; LDMPipeline folders have unet/, scheduler/, vqvae/"),
     (lambda f: _edit_json(f, "model_index.json", lambda c: c.update(_class_name="DDIMPipeline")),
      r"a DDIMPipeline with an autoencoder component: a latent pipeline is imported as LDMPipeline"),
 ])
@@ -194,6 +208,15 @@ def test_bad_latent_folders_are_refused(runs, tmp_path, edit, match):
     folder = copy_folder(runs[2], tmp_path / "bad")
     edit(folder)
     _refused_import(folder, tmp_path, match)
+
+
+def test_an_autoencoder_of_other_latents_is_refused(runs, tmp_path):
+    """A well-formed AutoencoderKL whose latents (2 channels) are not what the UNet (3) denoises."""
+    folder = copy_folder(runs[2], tmp_path / "bad")
+    shutil.rmtree(folder / "vqvae")
+    config = {k: v for k, v in read_json(runs[2] / "vqvae" / "config.json").items() if not k.startswith("_")}
+    export_vae(AutoencoderKL(**{**config, "latent_channels": 2}), folder / "vqvae")
+    _refused_import(folder, tmp_path, r"vqvae/config\.json: latent_channels=2 but unet/config\.json has in_channels=3")
 
 
 def test_export_refuses_an_autoencoder_run_and_a_changed_autoencoder(runs, tmp_path):

@@ -101,7 +101,7 @@ def _check_index(index: dict, path: Path) -> bool:
     parts = ("unet", "scheduler", VAE_COMPONENT) if latent else ("unet", "scheduler")
     for part in parts:
         if index.get(part) is None:
-            raise InteropError(f"{path} names no {part!r} component; a {cls} folder has "
+            raise InteropError(f"{path} names no {part!r} component; {cls} folders have "
                                f"{', '.join(p + '/' for p in parts)}")
     if latent and index[VAE_COMPONENT] != ["diffusers", "AutoencoderKL"]:
         raise InteropError(f"{path}: component {VAE_COMPONENT!r} is {index[VAE_COMPONENT]!r}: only diffusers' "

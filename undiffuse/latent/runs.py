@@ -61,13 +61,14 @@ def load_recorded_autoencoder(recorded: dict | None, run_dir: Path) -> Autoencod
             or not isinstance(recorded["run"], str)):
         raise ValueError(f"{run_dir / 'config.json'} has no complete 'latent' entry (autoencoder run, sha256, "
                          "scaling_factor), so its latents cannot be decoded; restore the file from the run")
+    where = recorded_path(recorded, run_dir)
     try:
-        ae, now = load_autoencoder(recorded_path(recorded, run_dir))
+        ae, now = load_autoencoder(where)
     except FileNotFoundError:
-        raise FileNotFoundError(f"the autoencoder run {recorded['run']} that {run_dir} was trained on is missing; "
+        raise FileNotFoundError(f"the autoencoder run {where} that {run_dir} was trained on is missing; "
                                 "restore it at that path (the latent run cannot decode without it)") from None
     if now["sha256"] != recorded["sha256"]:
-        raise ValueError(f"the autoencoder run {recorded['run']} has changed since {run_dir} was trained on its "
+        raise ValueError(f"the autoencoder run {where} has changed since {run_dir} was trained on its "
                          f"latents (weights sha256 {recorded['sha256'][:12]}... at step {recorded.get('step')}, now "
                          f"{now['sha256'][:12]}... at step {now['step']}): its latents mean something else now. "
                          "Restore that autoencoder, or train a new latent run (another --out) on this one")
