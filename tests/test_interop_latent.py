@@ -30,7 +30,7 @@ from undiffuse.interop.vae import export_vae
 from undiffuse.samplers import ddim, timesteps
 from undiffuse.trainer import Trainer
 
-from helpers_interop import TINY_NET, checkpoint, copy_folder, listing, read_json, write_json
+from helpers_interop import TINY_NET, checkpoint, copy_folder, edit_unet_tensors, listing, read_json, write_json
 from helpers_latent import ae_cfg, latent_cfg
 
 pytest.importorskip("diffusers")
@@ -172,10 +172,7 @@ def _refused_import(folder: Path, tmp_path: Path, match: str) -> None:
 
 
 def _edit_vae_tensors(folder: Path, edit) -> None:
-    path = folder / "vqvae" / "diffusion_pytorch_model.safetensors"
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path))
+    edit_unet_tensors(folder, edit, part="vqvae")
 
 
 def _edit_json(folder: Path, name: str, edit) -> None:
