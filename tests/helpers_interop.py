@@ -50,9 +50,10 @@ def copy_folder(src: Path, dst: Path) -> Path:
     return dst
 
 
-def edit_unet_tensors(folder: Path, edit) -> None:
-    """Rewrite folder/unet's safetensors with ``edit(tensors)`` applied (in place on the dict)."""
-    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+def edit_unet_tensors(folder: Path, edit, part: str = "unet") -> None:
+    """Rewrite folder/part's safetensors (the UNet's by default) with ``edit(tensors)`` applied (in
+    place on the dict)."""
+    path = folder / part / "diffusion_pytorch_model.safetensors"
     tensors = load_file(str(path))
     edit(tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))

@@ -14,33 +14,19 @@ from safetensors.torch import save_file
 import undiffuse
 from undiffuse.checkpoint import latest_checkpoint, load_weights, read_json
 from undiffuse.cli import main
-from undiffuse.config import TrainConfig
 from undiffuse.data import load_dataset
 from undiffuse.latent.measure import encode_means
 from undiffuse.latent.runs import load_autoencoder
 from undiffuse.trainer import Trainer
 
 from helpers_cli import assert_clean_error
+from helpers_latent import ae_cfg, latent_cfg
 from helpers_resume import straight_and_resumed
-
-SMALL = dict(max_train_steps=4, batch_size=8, lr=2e-3, warmup_steps=2, log_every=1, checkpoint_every=2, bf16=False)
 
 
 @pytest.fixture(scope="module")
 def digits16():
     return load_dataset("digits", image_size=16, n=80, seed=0)
-
-
-def ae_cfg(out: Path, **changes) -> TrainConfig:
-    return TrainConfig(data="digits", image_size=16, net="kl-f4", autoencoder_training=True, sample_every=2,
-                       out=str(out), **SMALL).updated(**changes)
-
-
-def latent_cfg(out: Path, autoencoder: Path, **changes) -> TrainConfig:
-    net = {"type": "unet", "channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (2,),
-           "dropout": 0.1}  # network dropout: resume must restore torch's global RNG too
-    return TrainConfig(data="digits", image_size=16, net=net, autoencoder=str(autoencoder), sample_every=2,
-                       num_samples=4, sample_steps=2, label_dropout=0.3, out=str(out), **SMALL).updated(**changes)
 
 
 @pytest.fixture(scope="module")

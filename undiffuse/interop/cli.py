@@ -11,7 +11,8 @@ FORMATS = ("diffusers",)
 def add_cli(sub) -> None:
     p = sub.add_parser("export", help="write a run as a diffusers pipeline folder",
                        description="Write a run's weights (EMA by default) as a diffusers folder: "
-                                   "model_index.json, unet/ (UNet2DModel), scheduler/ (DDIM or DDPM). "
+                                   "model_index.json, unet/ (UNet2DModel), scheduler/ (DDIM or DDPM); a latent run "
+                                   "also vqvae/ (AutoencoderKL), as an LDMPipeline. "
                                    "What diffusers cannot express is refused, naming the layer or setting "
                                    "(docs/interop.md).")
     p.add_argument("--run", required=True, help="run directory written by `undiffuse train`")
@@ -24,7 +25,9 @@ def add_cli(sub) -> None:
                         "DDPMScheduler/DDPMPipeline")
     p = sub.add_parser("import", help="read a diffusers pipeline folder into a run directory",
                        description="Read a diffusers DDPM/DDIM pipeline folder (UNet2DModel, safetensors) into "
-                                   "a run directory that `undiffuse sample` and `undiffuse eval` accept.")
+                                   "a run directory that `undiffuse sample` and `undiffuse eval` accept. An "
+                                   "LDMPipeline folder becomes a latent run with its autoencoder run in "
+                                   "OUT/autoencoder.")
     p.add_argument("--from", dest="source_format", required=True, choices=FORMATS, help="the format to read")
     p.add_argument("source", metavar="DIR", help="the diffusers folder (model_index.json, unet/, scheduler/)")
     p.add_argument("--out", required=True, help="the run directory to write (new, or empty)")

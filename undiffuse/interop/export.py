@@ -4,9 +4,11 @@
     OUT/unet/config.json                        UNet2DModel
     OUT/unet/diffusion_pytorch_model.safetensors
     OUT/scheduler/scheduler_config.json         DDIMScheduler (or DDPMScheduler)
-    OUT/vqvae/...                               latent runs: AutoencoderKL (``vae.py``; not wired yet)
+    OUT/vqvae/config.json                       latent runs (LDMPipeline): AutoencoderKL, its scaling_factor
+    OUT/vqvae/diffusion_pytorch_model.safetensors   the run's latent scale (``vae.py``)
 
-``DDIMPipeline.from_pretrained(OUT)`` then samples what undiffuse samples. Everything is checked
+``DDIMPipeline.from_pretrained(OUT)`` (``LDMPipeline`` for a latent run) then samples what undiffuse
+samples. Everything is checked
 before anything is written, and the folder is written whole or not at all (``folders.staged_folder``).
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..checkpoint import latest_checkpoint
 from ..cold import is_cold
 from ..denoiser import Denoiser
 from ..processes import from_config
-from ..run_files import build_run_net, load_checked, read_run_config
+from ..run_files import build_run_net, is_autoencoder_run, load_checked, read_run_config
 from .diffusers_unet import DIFFUSERS_VERSION, InteropError, check_exportable, tensor_map, unet_to_diffusers
 from .folders import check_target, staged_folder, write_json_file
 from .scheduler import SCHEDULERS, scheduler_to_diffusers
@@ -49,6 +51,10 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, weights: str = "em
         raise InteropError(f"process {cfg['process'].get('type')!r} is a cold degradation: a "
                            "restorer R(x_t, t) sampled by Bansal et al.'s algorithms, which no diffusers "
                            "scheduler runs")
+    if is_autoencoder_run(cfg):
+        raise InteropError(f"{run_dir} is an autoencoder run (train-autoencoder), which does not sample: export "
+                           f"the latent run trained on it (`undiffuse train --autoencoder {run_dir}`), whose "
+                           "folder holds the autoencoder as vqvae/")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise InteropError(f"{run_dir} has no checkpoint yet (checkpoints/latest is missing): nothing to export")
@@ -56,8 +62,9 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, weights: str = "em
     sched = scheduler_to_diffusers(process, cfg["denoiser"], scheduler)
     net = build_run_net(cfg, run_dir / "config.json")
     check_exportable(net)
-    autoencoder = latent_autoencoder(cfg, run_dir)  # None for a pixel-space run
-    load_checked(Denoiser(net, process), ckpt / f"{weights}.safetensors")  # the run's own checks
+    denoiser = Denoiser(net, process)
+    load_checked(denoiser, ckpt / f"{weights}.safetensors")  # the run's own checks
+    autoencoder = latent_autoencoder(denoiser, cfg, run_dir)  # None for a pixel-space run
     positional = is_positional(net, process)
     tensors = _unet_tensors(net)
     if not positional:

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..checkpoint import step_name
 from .diffusers_unet import InteropError
 
 __all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "config_values", "read_tensors",
-           "check_tensors"]
+           "check_tensors", "write_imported_checkpoint"]
 
 
 def check_target(out: Path, flag: str) -> None:
@@ -111,3 +112,16 @@ def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, Tenso
         if tuple(t.shape) != tuple(shape) or not t.is_floating_point():
             raise InteropError(f"{path}: tensor {name!r} is {t.dtype} {tuple(t.shape)}, but {config} implies a float "
                                f"{tuple(shape)}: the weights and {config} are of different models")
+
+
+def write_imported_checkpoint(run_dir: Path, state: dict[str, Tensor]) -> Path:
+    """``run_dir/checkpoints/step-00000000/{model,ema}.safetensors`` (both ``state``: a diffusers folder has
+    one set of weights, and no training state to resume from) with ``checkpoints/latest``; returns the
+    checkpoint folder."""
+    ckpt = run_dir / "checkpoints" / step_name(0)
+    ckpt.mkdir(parents=True)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    for name in ("model", "ema"):
+        save_file(state, str(ckpt / f"{name}.safetensors"))
+    (run_dir / "checkpoints" / "latest").write_text(step_name(0) + "\n")
+    return ckpt

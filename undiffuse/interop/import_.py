@@ -1,10 +1,12 @@
 """`undiffuse import --from diffusers`: a diffusers pipeline folder as an undiffuse run directory.
 
-Reads model_index.json (DDIMPipeline or DDPMPipeline), unet/config.json (UNet2DModel) with
-unet/diffusion_pytorch_model.safetensors, and scheduler/scheduler_config.json (DDIMScheduler or
-DDPMScheduler); writes config.json and checkpoints/step-00000000/{model,ema}.safetensors (the same
-weights in both) with checkpoints/latest, which ``undiffuse.load``, `undiffuse sample` and
-`undiffuse eval` read like a trained run's. Every file is checked before anything is written, and
+Reads model_index.json (DDIMPipeline, DDPMPipeline or LDMPipeline), unet/config.json (UNet2DModel)
+with unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json (DDIMScheduler or
+DDPMScheduler) and, for LDMPipeline, vqvae/ (AutoencoderKL); writes config.json and
+checkpoints/step-00000000/{model,ema}.safetensors (the same weights in both) with
+checkpoints/latest, which ``undiffuse.load``, `undiffuse sample` and `undiffuse eval` read like a
+trained run's. A latent pipeline's autoencoder becomes a train-autoencoder run in
+``autoencoder/`` inside the run, which the run's "latent" entry records (``vae.py``). Every file is checked before anything is written, and
 the run directory is written whole or not at all.
 """
 from __future__ import annotations
@@ -12,19 +14,21 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
 from torch import Tensor
 
-from ..checkpoint import step_name
 from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..nets import UNet, build_net, net_config
 from ..processes import from_config
 from .diffusers_unet import InteropError, tensor_map, unet_from_diffusers
 from .export import UNDIFFUSE_KEY
-from .folders import check_target, check_tensors, config_values, read_config, read_tensors, staged_folder, write_json_file
+from .folders import (
+    check_target, check_tensors, config_values, read_config, read_tensors, staged_folder, write_imported_checkpoint,
+    write_json_file,
+)
 from .scheduler import SCHEDULERS, scheduler_from_diffusers
 from .time_input import TABLE_ATOL, positional_settings, time_table
+from .vae import AUTOENCODER_RUN, VAE_COMPONENT, read_latent_autoencoder, write_autoencoder_run
 
 __all__ = ["import_diffusers", "NO_DATASET"]
 
@@ -42,24 +46,23 @@ def import_diffusers(src: str | Path, out: str | Path, *, data: str | None = Non
         raise InteropError(f"{src} is not a folder: expected a diffusers pipeline folder (model_index.json, "
                            "unet/, scheduler/)")
     index = read_config(src / "model_index.json", "a pipeline")
-    _check_index(index, src / "model_index.json")
+    latent = _check_index(index, src / "model_index.json")
     sched_path = src / "scheduler" / "scheduler_config.json"
     sched_cfg = read_config(sched_path, "its scheduler")
     with config_values(sched_path):
         process_cfg, denoiser_cfg = scheduler_from_diffusers(sched_cfg, sched_path)
         process = from_config(process_cfg)
     net = _read_unet(src / "unet", process)
+    vae = read_latent_autoencoder(src, net.in_channels, net.image_size) if latent else None
     denoiser = Denoiser(net, process, denoiser_cfg["prediction"], clip_x0=denoiser_cfg["clip_x0"])
     meta = index.get(UNDIFFUSE_KEY) if isinstance(index.get(UNDIFFUSE_KEY), dict) else {}
-    config = _run_config(net, process_cfg, denoiser_cfg, meta, data, src, out)
-    state = {k: v.contiguous() for k, v in denoiser.state_dict().items()}
+    config = _run_config(net, process_cfg, denoiser_cfg, meta, data, src, out, latent)
     with staged_folder(out, "--out") as tmp:
+        if vae is not None:  # first: the latent entry records the sha256 of the weights written
+            config["latent"] = write_autoencoder_run(tmp / AUTOENCODER_RUN, *vae, config["train"]["data"], src,
+                                                     out.resolve() / AUTOENCODER_RUN)
         write_json_file(tmp / "config.json", config)
-        ckpt = tmp / "checkpoints" / step_name(0)
-        ckpt.mkdir(parents=True)
-        for name in ("model", "ema"):  # one set of weights: no training state to resume from
-            save_file(state, str(ckpt / f"{name}.safetensors"))
-        (tmp / "checkpoints" / "latest").write_text(step_name(0) + "\n")
+        write_imported_checkpoint(tmp, denoiser.state_dict())
     return out
 
 
@@ -85,16 +88,26 @@ def _read_unet(folder: Path, process) -> UNet:
     return net
 
 
-def _check_index(index: dict, path: Path) -> None:
+def _check_index(index: dict, path: Path) -> bool:
+    """Refuse a pipeline this importer does not read; True for a latent one (LDMPipeline)."""
     cls = index.get("_class_name")
-    if cls == "LDMPipeline" or index.get("vae") is not None or index.get("vqvae") is not None:
-        raise InteropError(f"{path}: a latent pipeline (with an autoencoder) is not imported yet: undiffuse's "
-                           "latent runs are not on this branch (interop.vae.import_vae reads the autoencoder)")
-    if cls not in SCHEDULERS.values():
-        raise InteropError(f"{path}: _class_name={cls!r}: only {sorted(SCHEDULERS.values())} folders are imported")
-    for part in ("unet", "scheduler"):
+    latent = cls == "LDMPipeline"
+    if not latent and cls not in SCHEDULERS.values():
+        raise InteropError(f"{path}: _class_name={cls!r}: only {sorted(SCHEDULERS.values())} and LDMPipeline "
+                           "folders are imported")
+    if not latent and (index.get("vae") is not None or index.get(VAE_COMPONENT) is not None):
+        raise InteropError(f"{path}: a {cls} with an autoencoder component: a latent pipeline is imported as "
+                           "LDMPipeline (components unet, scheduler, vqvae)")
+    parts = ("unet", "scheduler", VAE_COMPONENT) if latent else ("unet", "scheduler")
+    for part in parts:
         if index.get(part) is None:
-            raise InteropError(f"{path} names no {part!r} component; a {cls} folder has unet/ and scheduler/")
+            raise InteropError(f"{path} names no {part!r} component; {cls} folders have "
+                               f"{', '.join(p + '/' for p in parts)}")
+    if latent and index[VAE_COMPONENT] != ["diffusers", "AutoencoderKL"]:
+        raise InteropError(f"{path}: component {VAE_COMPONENT!r} is {index[VAE_COMPONENT]!r}: only diffusers' "
+                           "AutoencoderKL is imported (a VQModel quantises its latents, which undiffuse's "
+                           "autoencoder does not)")
+    return latent
 
 
 def _load_unet(net: UNet, tensors: dict[str, Tensor], path: Path, table_rows: int | None) -> None:
@@ -120,8 +133,9 @@ def _check_time_table(table: Tensor, net: UNet, process, path: Path) -> None:
 
 
 def _run_config(net: UNet, process_cfg: dict, denoiser_cfg: dict, meta: dict, data: str | None, src: Path,
-                out: Path) -> dict:
-    """config.json of the imported run, in the layout the trainer writes."""
+                out: Path, latent: bool) -> dict:
+    """config.json of the imported run, in the layout the trainer writes (a latent run's "latent" entry
+    is added once its autoencoder is written)."""
     recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     classes = net.num_classes
     names = recorded.get("class_names") if recorded.get("num_classes") == classes else None
@@ -129,7 +143,7 @@ def _run_config(net: UNet, process_cfg: dict, denoiser_cfg: dict, meta: dict, da
     net_cfg = net_config(net)
     train = TrainConfig(data=dataset, net=net_cfg, process=process_cfg, prediction=denoiser_cfg["prediction"],
                         clip_x0=denoiser_cfg["clip_x0"], class_conditional=classes is not None,
-                        out=str(out))
+                        out=str(out), autoencoder=str(out.resolve() / AUTOENCODER_RUN) if latent else None)
     return {"train": asdict(train), "net": net_cfg,
             "process": process_cfg, "denoiser": denoiser_cfg,
             "data": {"name": dataset, "shape": [net.in_channels, net.image_size, net.image_size],
