@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("phase", choices=["train", "restore", "generate", "prior-sweep", "ceiling", "table"])
     p.add_argument("--runs", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     p.add_argument("--models", nargs="*", default=None,
-                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, ddpm, ddpm-ddim50, "
-                        "pixelate, pixelate-mixture, pixelate-mixture160, fade")
+                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, blur-7k-modes, ddpm, "
+                        "ddpm-7k, ddpm-ddim50, pixelate, pixelate-mixture, pixelate-mixture160, fade, fade-3k")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--root", default="runs/cold", help="where the runs live")
     p.add_argument("--n", type=int, default=None,
