@@ -254,6 +254,9 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
         "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-7k",
                           lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
                                      dict(sampler="improved", noise_std=0.0))),
+        "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior + noise 0.002 (20 NFE)", "blur-7k",
+                                lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
+                                           dict(sampler="improved", noise_std=0.002))),
         "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
                     lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
         "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
@@ -373,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("phase", choices=["train", "restore", "generate", "prior-sweep", "ceiling", "table"])
     p.add_argument("--runs", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     p.add_argument("--models", nargs="*", default=None,
-                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, blur-7k-modes, ddpm, "
+                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, blur-7k-modes, "
+                        "blur-7k-modes-noise, ddpm, "
                         "ddpm-7k, ddpm-ddim50, pixelate, pixelate-mixture, pixelate-mixture160, fade, fade-3k")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--root", default="runs/cold", help="where the runs live")
