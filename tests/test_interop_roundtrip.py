@@ -82,12 +82,11 @@ def test_diffusers_samples_what_undiffuse_samples(exported):
     assert float(np.abs(theirs - 0.5).max()) > 0.1  # not a constant picture
 
 
+@pytest.mark.parametrize("exported", ["eps-linear"], indirect=True)  # DDPMPipeline passes no class labels
 def test_ddpm_pipeline_samples_what_undiffuse_samples(exported, tmp_path):
     """Ancestral DDPM (fixed_small: beta_tilde) with one generator for the initial noise and every
     step's noise, drawn in the same order on both sides: measured max |difference| 8.9e-7."""
     name, run, _ = exported
-    if name != "eps-linear":
-        pytest.skip("DDPMPipeline passes no class labels")
     pipe = DDPMPipeline.from_pretrained(export_diffusers(run, tmp_path / "ddpm", scheduler="DDPMScheduler"))
     theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
                   output_type="np").images
@@ -132,10 +131,9 @@ def test_raw_weights_with_the_flag(exported, tmp_path):
     assert max(max_abs(raw[k], ema[k]) for k in raw) > 0  # the flag made a difference
 
 
+@pytest.mark.parametrize("exported", ["eps-linear"], indirect=True)  # one CLI pass is enough
 def test_cli_export_ddpm_and_import_then_sample(exported, tmp_path, capsys):
-    name, run, _ = exported
-    if name != "eps-linear":
-        pytest.skip("one CLI pass is enough")
+    _, run, _ = exported
     folder, back = tmp_path / "ddpm", tmp_path / "back"
     assert main(["export", "--run", str(run), "--to", "diffusers", str(folder), "--scheduler", "ddpm"]) == 0
     assert read_json(folder / "model_index.json")["_class_name"] == "DDPMPipeline"
@@ -155,11 +153,10 @@ def test_an_import_without_a_recorded_dataset_says_so(exported, tmp_path):
     assert read_json(imported / "config.json")["train"]["data"] == NO_DATASET
 
 
+@pytest.mark.parametrize("exported", ["eps-linear"], indirect=True)  # one eval is enough
 def test_eval_accepts_an_imported_run(exported, tmp_path, monkeypatch):
     """An imported run has no training log: eval measures it and leaves out only the loss curve."""
-    name, _, folder = exported
-    if name != "eps-linear":
-        pytest.skip("one eval is enough")
+    _, _, folder = exported
     from undiffuse.evaluate import evaluate
 
     monkeypatch.setenv("UNDIFFUSE_CACHE", str(tmp_path / "cache"))  # the digits feature net, trained here
