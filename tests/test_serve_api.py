@@ -318,3 +318,15 @@ def test_a_latent_run_is_listed_and_its_steps_are_decoded_images(tmp_path, laten
 
         grid = Image.open(io.BytesIO(base64.b64decode(frame)))
         assert grid.mode == "L"
+
+
+def test_the_page_preselects_the_clis_precision_for_each_run(runs_root, monkeypatch):
+    from undiffuse import compiling
+
+    for native in (True, False):
+        monkeypatch.setattr(compiling, "native_bf16", lambda device, native=native: native)
+        with client(runs_root) as c:
+            got = {name: c.get("/api/run", params={"name": name}).json()["precision"]
+                   for name in ("tiny", "gaussian", "cold", "text")}
+        gaussian = "bf16" if native else "float32"  # bf16 only where measured, and native
+        assert got == {"tiny": gaussian, "gaussian": gaussian, "cold": "float32", "text": "float32"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from PIL import Image
 from helpers_serve import LiveServer, runs_root  # noqa: F401  (fixture)
 from undiffuse import SampleSpec
 from undiffuse.serve.app import create_app
-from undiffuse.serve.limits import Limits
+from undiffuse.serve.limits import Limits, default_precision
 from undiffuse.viz import grid_pixels
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="the test extra: pip install -e '.[test]'")
@@ -131,7 +132,10 @@ def test_a_five_step_draw_updates_every_step_and_ends_with_the_pipeline_samples(
 
     page.open("#run=tiny")
     page.page.wait_for_selector("body[data-run='tiny'] #sample-form:not([hidden])")
-    fill(page, sampler="ddim", steps="5", seed="3", batch="4")
+    # The page preselects the CLI's precision for the run on this machine; the draw below asks float32.
+    want = default_precision(json.loads((runs_root / "tiny" / "config.json").read_text()))
+    assert page.page.eval_on_selector("#sample-form [name='precision']", "e => e.value") == want
+    fill(page, sampler="ddim", steps="5", seed="3", batch="4", precision="float32")
     page.page.evaluate(RECORD)
     page.page.click("#go")
     page.page.wait_for_selector("#status:has-text('done')")

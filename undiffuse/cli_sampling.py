@@ -24,7 +24,7 @@ def add_steps_and_spacing(p, default_steps: int | None, steps_help: str) -> None
 
 def add_precision(p) -> None:
     """``--bf16 / --no-bf16`` of `sample` and `eval`: bf16 by default where the hardware computes it
-    natively, on Gaussian pixel runs (measured not to change FID-style at n = 2,000, docs/speed.md)."""
+    natively, on Gaussian pixel runs (``bf16_by_default``; measured not to change FID-style at n = 2,000, docs/speed.md)."""
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="sample with bf16 weights under bf16 autocast (default: on for Gaussian pixel runs where the "
                         "hardware computes bf16 natively: CPUs with AVX-512 BF16 or AMX, GPUs with bf16; "
@@ -42,15 +42,21 @@ def sample_spec(args, options: dict | None = None) -> SampleSpec:
 
 
 def _bf16(args) -> bool:
-    """``--bf16`` as given; else on for a Gaussian pixel run (where bf16 was measured, docs/speed.md)
-    when the sampling device computes bf16 natively. Cold and text runs keep float32 unless asked."""
+    """``--bf16`` as given, else ``bf16_by_default`` for the run and the sampling device."""
     if args.bf16 is not None:
         return args.bf16
-    from .cold import is_cold
-    from .compiling import native_bf16
     from .distributed import resolve_device
     from .run_files import read_run_config
 
-    cfg = read_run_config(args.run)
-    measured = not is_cold(cfg["process"]) and not cfg.get("text")
-    return measured and native_bf16(resolve_device(getattr(args, "device", "cpu")))
+    return bf16_by_default(read_run_config(args.run), resolve_device(getattr(args, "device", "cpu")))
+
+
+def bf16_by_default(cfg: dict, device) -> bool:
+    """bf16 for a Gaussian pixel run (where bf16 was measured, docs/speed.md) on a device that computes
+    bf16 natively; cold, text and latent runs keep float32 unless asked (not measured there).
+    ``cfg``: the run's config.json. The CLI's default and the web page's."""
+    from .cold import is_cold
+    from .compiling import native_bf16
+
+    measured = not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
+    return measured and native_bf16(device)

@@ -2,7 +2,7 @@
 
     GET  /                       the page (static/index.html, app.js, style.css: no CDN, no build)
     GET  /api/runs               the runs under the folder
-    GET  /api/run?name=R         one run: config, kind, capabilities, samplers, limits
+    GET  /api/run?name=R         one run: config, kind, capabilities, samplers, limits, precision
     GET  /api/log?name=R&since=B the loss points from byte B of log.jsonl on (the page polls it)
     GET  /api/picture?name=R&file=F   a PNG of R/samples/
     POST /api/sample?name=R      JSON settings (and "compare": settings of a second panel) -> a job
@@ -29,7 +29,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .jobs import TERMINAL, JobQueue
-from .limits import BadInput, Limits, as_run_image, built_in_image, decode_upload, integer, sample_request
+from .limits import (BadInput, Limits, as_run_image, built_in_image, decode_upload, default_precision, integer,
+                     sample_request)
 from .runs import Runs, capabilities
 from .work import restore_job, sample_job
 
@@ -120,6 +121,7 @@ def _run_routes(app: FastAPI, runs: Runs, limits: Limits) -> None:
             return summary
         pipe = runs.pipeline(name)
         summary["capabilities"] = capabilities(pipe)
+        summary["precision"] = default_precision(summary["config"])
         summary["samplers"], summary["spacings"] = _samplers(pipe)
         if pipe.can_restore:
             summary["max_severity"] = pipe.degradation.num_steps

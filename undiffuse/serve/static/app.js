@@ -168,6 +168,7 @@ function setupSampleForm(info) {
   fillSelect(form.class_label, classes, true);
   for (const node of form.querySelectorAll(".labels")) node.hidden = !caps.takes_labels;
   for (const node of form.querySelectorAll(".prompts")) node.hidden = !caps.takes_prompts;
+  form.precision.value = info.precision || "float32";  // the CLI's default for this run and machine
   form.steps.max = info.limits.max_steps;
   form.batch.max = info.limits.max_batch;
   for (const i of [0, 1]) $("#panel-" + i).hidden = true;
