@@ -9,6 +9,7 @@ answers as for one process, so single-process code needs no branches.
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -197,9 +198,10 @@ def backend() -> str | None:
     return dist.get_backend() if is_distributed() else None
 
 
-def cpu_model_and_features() -> tuple[str, list[str]]:
+@functools.cache
+def cpu_model_and_features() -> tuple[str, tuple[str, ...]]:
     """The CPU's model name and which of the instruction sets that change bf16 speed it has
-    (AVX-512, AVX-512 BF16, AMX), read from /proc/cpuinfo (elsewhere: the platform's name, none)."""
+    (AVX-512, AVX-512 BF16, AMX), read once from /proc/cpuinfo (elsewhere: the platform's name, none)."""
     import platform
 
     cpu, flags = platform.processor() or platform.machine(), set()
@@ -214,7 +216,7 @@ def cpu_model_and_features() -> tuple[str, list[str]]:
                     break
     except OSError:
         pass
-    return cpu, [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return cpu, tuple(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags)
 
 
 def machine(device: torch.device) -> dict:
@@ -222,6 +224,6 @@ def machine(device: torch.device) -> dict:
     model and the instruction sets that change bf16 speed, the GPU if training runs on one, the
     number of processes and threads, and the torch version."""
     cpu, features = cpu_model_and_features()
-    return {"cpu": cpu, "cpu_features": features,
+    return {"cpu": cpu, "cpu_features": list(features),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "processes": world_size(), "threads": torch.get_num_threads(), "torch": torch.__version__}

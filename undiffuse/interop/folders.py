@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..checkpoint import step_name
+from ..checkpoint import write_json
 from .diffusers_unet import InteropError
 
 __all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "config_values", "read_tensors",
@@ -50,8 +51,9 @@ def staged_folder(out: Path, flag: str) -> Iterator[Path]:
 
 
 def write_json_file(path: Path, obj: Any) -> None:
+    """``checkpoint.write_json`` (sorted keys, as diffusers' ``save_config`` writes), its folder made first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    write_json(path, obj)
 
 
 def read_config(path: Path, what: str) -> dict:
