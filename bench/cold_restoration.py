@@ -3,6 +3,7 @@
     python bench/cold_restoration.py train --runs blur --root runs/cold-long   # resumable; hours
     python bench/cold_restoration.py restore --runs blur --root runs/cold-long # -> docs/cold_restoration.json
     python bench/cold_restoration.py generate --root runs/cold-long            # -> docs/cold_generation.json
+                                                                   # (rows: bench/cold_generation.py)
     python bench/cold_restoration.py ceiling          # what D(x0, T) keeps of the digit's class
     python bench/cold_restoration.py table            # the tables as Markdown
 
@@ -62,9 +63,6 @@ RUNS: dict[str, dict] = {
 #: Restoration steps where every severity would take too long on a CPU (fade: 20 of T = 200, evenly
 #: spaced); the others restore through every severity, as the paper does.
 RESTORE_STEPS = {"fade": 20, "fade-3k": 20}
-#: The pixelate prior's mixture size, chosen by ``prior-sweep`` (docs/cold_prior_sweep_pixelate.json: the best
-#: FID-style against training digits that the fit did not see; the held-out digits play no part).
-PIXELATE_COMPONENTS = 160
 PHOTO_ROWS, TRAIN_ROWS, HELD_FROM_ROW = 23, 15, 19  # patch rows per photo at stride 8; see above
 
 
@@ -184,8 +182,10 @@ _OLD_STEPS = {"mnist": 500, "photos": 150}
 
 def _recipe(run: Path) -> str:
     """The restorer settings that differ from the paper's (x0, raw input, L1), as saved."""
-    d = json.loads((run / "config.json").read_text())["denoiser"]
+    cfg = json.loads((run / "config.json").read_text())
+    d = cfg["denoiser"]
     parts = [k for k in ("standardize_input", "residual") if d.get(k)]
+    parts += ["l2"] if cfg["train"].get("loss") == "l2" else []
     return "+".join(parts) or "paper (x0)"
 
 
@@ -222,123 +222,6 @@ def ceiling(out: Path) -> list[dict]:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out.write_text(json.dumps(rows, indent=1))
-    return rows
-
-
-def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
-    return torch.cat([pipe.sample(min(batch, n - i), seed=i, bf16=True, **kw) for i in range(0, n, batch)])
-
-
-def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **settings):
-    """The run's restorer with a ``components``-Gaussian mixture prior over its degradation's summary
-    of fully degraded training digits (``settings`` change the degradation's, e.g. blur's
-    ``summary_modes=2``: the 25 lowest Fourier modes instead of the channel means; the maths of D
-    does not change)."""
-    from undiffuse.cold import ColdRestorer, GaussianMixturePrior, make_degradation
-    from undiffuse.cold.pipeline import ColdPipeline
-
-    r = pipe.restorer
-    deg = make_degradation({**pipe.degradation.config(), **settings})
-    prior = GaussianMixturePrior.fit(deg, train_x, n_components=components, seed=0,
-                                     generator=torch.Generator().manual_seed(0))
-    restorer = ColdRestorer(r.net, deg, residual=r.residual, standardize=r.standardize)
-    return ColdPipeline(restorer, pipe.shape, pipe.num_classes, pipe.class_names, pipe.run_dir, prior=prior)
-
-
-def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
-    """key -> (row label, run, lambda pipe: (pipeline, sample settings)) of every generation row."""
-    return {
-        "blur-paper": ("cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)", "blur",
-                       lambda p: (p, dict(sampler="improved"))),
-        "blur-modes": ("cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)", "blur",
-                       lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler="improved", noise_std=0.0))),
-        "ddpm": ("DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm",
-                 lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
-        "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-7k",
-                          lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                     dict(sampler="improved", noise_std=0.0))),
-        "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior + noise 0.002 (20 NFE)", "blur-7k",
-                                lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                           dict(sampler="improved", noise_std=0.002))),
-        "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
-                    lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
-        "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
-                        lambda p: (p, dict(sampler="ddim", num_inference_steps=50))),
-        "pixelate": ("cold pixelate, Alg. 2, block-mean prior (1 Gaussian, the run's) + noise 0.002 (3 NFE)",
-                     "pixelate", lambda p: (p, dict(sampler="improved"))),
-        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture + noise 0.002 (3 NFE)",
-                             "pixelate", lambda p: (_mixture_pipeline(p, train_x), dict(sampler="improved"))),
-        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (chosen by prior-sweep) "
-                                "+ noise 0.002 (3 NFE)", "pixelate",
-                                lambda p: (_mixture_pipeline(p, train_x, components=PIXELATE_COMPONENTS),
-                                           dict(sampler="improved"))),
-        "fade": ("animorphosis: a random photo patch (fade source) restored to a digit, Alg. 2 (20 NFE)", "fade",
-                 lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
-        "fade-3k": ("animorphosis (3000 steps), a random photo patch restored to a digit, Alg. 2 (20 NFE)", "fade-3k",
-                    lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
-    }
-
-
-#: The summary of x_T each run's mixture is fitted to, beside the run's own (blur: 25 Fourier modes).
-PRIOR_SETTINGS = {"blur": {"summary_modes": 2}, "pixelate": {}}
-
-
-def prior_sweep(out: Path, run: str = "pixelate", n: int = 600, components=(1, 10, 20, 40, 80, 160)) -> list[dict]:
-    """Model selection for a generation prior without touching the held-out digits: mixtures of
-    ``components`` Gaussians over the run's summary of x_T, fitted to the training digits but the last
-    ``n``, scored (FID-style of ``n`` samples) against those last ``n``, which neither the fit nor the
-    tables' held-out scores see."""
-    from undiffuse import load
-    from undiffuse.metrics import extract_features, get_feature_net
-
-    train_split, _ = splits("mnist")
-    net, _ = get_feature_net("mnist")
-    ref = extract_features(net, train_split.x[-n:])  # the last n training digits
-    pipe, rows = load(ROOT / run), []
-    for k in components:
-        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **PRIOR_SETTINGS[run])
-        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run == "blur" else 0.002).clamp(-1, 1)
-        rows.append({"run": run, "components": k, "n": n, "fid_vs_training": _fid(net, x, ref)})
-        print(json.dumps(rows[-1]), flush=True)
-    out.write_text(json.dumps(rows, indent=1))
-    return rows
-
-
-def generate(out: Path, n: int = 600, keys: list[str] | None = None) -> list[dict]:
-    """Unconditional digits from the cold runs (Gaussian-mixture or built-in start + Algorithm 2) and
-    from the Gaussian DDPM of the same net and budget, scored against the held-out digits; rows of
-    runs not trained yet are skipped. The grid ``docs/cold_generation.png`` shows every row measured."""
-    from safetensors.torch import load_file, save_file
-
-    from undiffuse import load
-    from undiffuse.metrics import class_statistics, extract_features, predict_labels, prdc
-    from undiffuse.viz import save_labelled_grid
-
-    train_split, held = splits("mnist")
-    net, ref, floor = _feature_reference("mnist", held, n)
-    generators = _generators(train_split.x)
-    rows, shown = [], ROOT / "generation"
-    for key in keys or list(generators):
-        label, run, make = generators[key]
-        if not (ROOT / run / "checkpoints").is_dir():
-            print(f"skipping {key}: {ROOT / run} is not trained yet", flush=True)
-            continue
-        pipe, kw = make(load(ROOT / run))
-        x = _sample(pipe, n, **kw).clamp(-1, 1)
-        feats = extract_features(net, x)
-        pr = prdc(ref, feats)
-        classes = class_statistics(predict_labels(net, x), 10, held.labels[:n])
-        row = {"model": label, "key": key, "n": n, "fid": _fid(net, x, ref), "fid_floor": floor,
-               "train_steps": trained_steps(ROOT / run), "precision": pr["precision"], "recall": pr["recall"],
-               "classes_present": classes["num_present_thresholded"], "class_kl": classes["kl"]}
-        rows.append(row)
-        shown.mkdir(parents=True, exist_ok=True)
-        save_file({"x": x[:12].contiguous()}, str(shown / f"{key}.safetensors"))
-        print(json.dumps(row), flush=True)
-        _merge(out, [row], key=("model",))  # row by row: an interrupted run keeps what it measured
-    have = [k for k in generators if (shown / f"{k}.safetensors").exists()]
-    save_labelled_grid([load_file(str(shown / f"{k}.safetensors"))["x"] for k in have], DOCS / "cold_generation.png",
-                       row_labels=[generators[k][0] for k in have])
     return rows
 
 
@@ -379,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("phase", choices=["train", "restore", "generate", "prior-sweep", "ceiling", "table"])
     p.add_argument("--runs", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     p.add_argument("--models", nargs="*", default=None,
-                   help="generate: rows to measure (default all trained): blur-paper, blur-modes, blur-7k-modes, "
-                        "blur-7k-modes-noise, ddpm, "
-                        "ddpm-7k, ddpm-ddim50, pixelate, pixelate-mixture, pixelate-mixture160, fade, fade-3k")
+                   help="generate: rows to measure (default: every row of cold_generation.GENERATORS "
+                        "whose run is trained)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--root", default="runs/cold", help="where the runs live")
     p.add_argument("--n", type=int, default=None,
@@ -402,13 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "restore":
         restore(names, DOCS / "cold_restoration.json", n=args.n or 300)
     elif args.phase == "prior-sweep":
+        from cold_generation import prior_sweep
+
         run = (args.runs or ["pixelate"])[0]
-        prior_sweep(DOCS / f"cold_prior_sweep_{run}.json", run=run,
+        prior_sweep(ROOT, DOCS / f"cold_prior_sweep_{run}.json", run=run,
                     components=(10, 40, 160) if run == "blur" else (1, 10, 20, 40, 80, 160))
     elif args.phase == "ceiling":
         ceiling(DOCS / "cold_blur_ceiling.json")
     elif args.phase == "generate":
-        generate(DOCS / "cold_generation.json", n=args.n or 600, keys=args.models)
+        from cold_generation import generate
+
+        generate(ROOT, DOCS, n=args.n or 600, keys=args.models)
     print(tables(DOCS))
     return 0
 

@@ -155,7 +155,7 @@ def test_precision_defaults_to_bf16_only_where_measured_and_native(command, monk
     assert spec("cold").bf16 is False and spec("text").bf16 is False  # not measured there: float32
     assert spec("gaussian", "--no-bf16").bf16 is False
     assert spec("cold", "--bf16", native=False).bf16 is True  # asked for: always honoured
-    from undiffuse.cli_sampling import bf16_by_default
+    from undiffuse.compiling import bf16_by_default
 
     monkeypatch.setattr(compiling, "native_bf16", lambda device: True)
     pixel = {"process": {"type": "ddpm"}}

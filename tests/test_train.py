@@ -159,3 +159,21 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
     centres = 2 * torch.stack([angles.cos(), angles.sin()], dim=1)
     counts = torch.cdist(samples, centres).argmin(dim=1).bincount(minlength=8)
     assert (counts > 0.5 * 2000 / 8).all() and (counts < 1.5 * 2000 / 8).all(), counts.tolist()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_pictures_sample_in_the_cli_precision(tmp_path, monkeypatch, native):
+    """The preview and final grids follow ``undiffuse sample``'s default (``bf16_by_default``):
+    bf16 on a Gaussian pixel run where the CPU computes bf16 natively, float32 elsewhere."""
+    from undiffuse import compiling
+    from undiffuse.pipeline import Pipeline
+
+    monkeypatch.setattr(compiling, "native_bf16", lambda device: native)
+    asked = []
+    real_sample = Pipeline.sample
+    monkeypatch.setattr(Pipeline, "sample", lambda self, *a, **kw: asked.append(kw.get("bf16"))
+                        or real_sample(self, *a, **kw))
+    cfg = TrainConfig(data="digits", net="tiny", max_train_steps=1, batch_size=8, num_samples=4, sample_steps=2,
+                      out=str(tmp_path / "run"))
+    Trainer(cfg).write_samples("final")
+    assert asked == [native]

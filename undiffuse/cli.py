@@ -110,7 +110,6 @@ def cmd_train(args) -> int:
     from . import distributed
     from .rundir import check_run_dir
     from .trainer import NonFiniteLossError, Trainer
-    from .text.objective import preview_prompts
 
     check_run_dir(cfg.out, resume=args.resume, overwrite=args.overwrite)  # before the data loads
     t0 = time.perf_counter()
@@ -130,22 +129,33 @@ def cmd_train(args) -> int:
             return 2
     if not main_rank:
         return 0
-    out, pipe = Path(cfg.out), trainer.pipeline()
-    pictures = [out / "samples" / "final.png", *_loss_curve(trainer)]
-    if pipe.can_restore and pipe.can_generate:
-        pictures.append(out / "samples" / "final-restore.png")
-    if trainer.data.x.ndim == 4 and pipe.can_generate:
-        rows = {} if trainer.text is None else {"prompts": preview_prompts(trainer.data, 4, cfg.seed)}
-        pictures.append(save_sampling_trajectory(pipe, out / "samples" / "trajectory.png", sampler=trainer.cfg.sampler,
-                                             num_inference_steps=cfg.sample_steps, seed=cfg.seed,
-                                             guidance=cfg.guidance, **rows))
-    print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {out}")
+    pictures = final_pictures(trainer)
+    print(f"trained {trainer.step} steps in {time.perf_counter() - t0:.0f} s; run directory: {cfg.out}")
     if trainer.step < cfg.max_train_steps:
         print(f"stopped at step {trainer.step} of {cfg.max_train_steps} (--max-minutes {cfg.max_minutes}), checkpoint "
               "saved; to continue, run train again with the same settings and --resume")
     for path in pictures:
         print(f"  picture: {path}")
     return 0
+
+
+def final_pictures(trainer) -> list[Path]:
+    """What ``train`` shows when it ends: the final grid (written by ``fit``), the loss curve, a cold
+    run's restorations and the denoising trajectory; returns their paths."""
+    from .objectives import picture_bf16
+    from .text.objective import preview_prompts
+
+    cfg = trainer.cfg
+    out, pipe = Path(cfg.out), trainer.pipeline()
+    pictures = [out / "samples" / "final.png", *_loss_curve(trainer)]
+    if pipe.can_restore and pipe.can_generate:
+        pictures.append(out / "samples" / "final-restore.png")
+    if trainer.data.x.ndim == 4 and pipe.can_generate:
+        rows = {} if trainer.text is None else {"prompts": preview_prompts(trainer.data, 4, cfg.seed)}
+        pictures.append(save_sampling_trajectory(pipe, out / "samples" / "trajectory.png", sampler=cfg.sampler,
+                                                 num_inference_steps=cfg.sample_steps, seed=cfg.seed,
+                                                 guidance=cfg.guidance, bf16=picture_bf16(trainer), **rows))
+    return pictures
 
 
 def _loss_curve(trainer) -> list[Path]:

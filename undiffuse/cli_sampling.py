@@ -6,6 +6,7 @@ import argparse
 
 from .checks import check_sample_settings
 from .cli_flags import DeprecatedAlias
+from .compiling import bf16_by_default
 from .sampling import SampleSpec
 
 
@@ -49,14 +50,3 @@ def _bf16(args) -> bool:
     from .run_files import read_run_config
 
     return bf16_by_default(read_run_config(args.run), resolve_device(getattr(args, "device", "cpu")))
-
-
-def bf16_by_default(cfg: dict, device) -> bool:
-    """bf16 for a Gaussian pixel run (where bf16 was measured, docs/speed.md) on a device that computes
-    bf16 natively; cold, text and latent runs keep float32 unless asked (not measured there).
-    ``cfg``: the run's config.json. The CLI's default and the web page's."""
-    from .cold import is_cold
-    from .compiling import native_bf16
-
-    measured = not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
-    return measured and native_bf16(device)

@@ -116,9 +116,19 @@ class EagerOnFailure:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matmuls and convolutions natively: a GPU that supports bf16,
     or a CPU with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and slower than float32, so the
-    CLI's precision default (``cli_sampling.sample_spec``) keeps float32 there."""
+    CLI's precision default (``bf16_by_default``) keeps float32 there."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     from .distributed import cpu_model_and_features
 
     return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & set(cpu_model_and_features()[1]))
+
+
+def bf16_by_default(cfg: dict, device) -> bool:
+    """bf16 for a Gaussian pixel run (where bf16 was measured, docs/speed.md) on a device that computes
+    bf16 natively; cold, text and latent runs keep float32 unless asked (not measured there).
+    ``cfg``: the run's config.json. The CLI's default, the web page's and the training pictures'."""
+    from .cold import is_cold
+
+    measured = not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
+    return measured and native_bf16(device)

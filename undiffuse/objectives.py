@@ -106,10 +106,19 @@ class GaussianObjective(Objective):
         n, k = cfg.num_samples, pipe.num_classes
         labels = None if k is None else torch.arange(n) % k
         x = pipe.sample(n, sampler=cfg.sampler, num_inference_steps=cfg.sample_steps, seed=cfg.seed,
-                        class_labels=labels, guidance=cfg.guidance if labels is not None else 1.0)
+                        class_labels=labels, guidance=cfg.guidance if labels is not None else 1.0,
+                        bf16=picture_bf16(trainer))
         if x.ndim == 4:
             return save_grid(x, path, nrow=k or None)
         return plot_points(x, path, reference=trainer.data.x[:n])
+
+
+def picture_bf16(trainer) -> bool:
+    """The training pictures' precision: the CLI's sampling default for the run (``bf16_by_default``:
+    bf16 on Gaussian pixel runs where the CPU computes it natively; half the picture time there)."""
+    from .compiling import bf16_by_default
+
+    return bf16_by_default(trainer.run_config(), torch.device("cpu"))
 
 
 def objective_for(cfg: TrainConfig) -> Objective:

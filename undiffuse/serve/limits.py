@@ -98,11 +98,11 @@ def text(payload: dict, key: str, limits: Limits) -> str | None:
 
 
 def default_precision(cfg: dict) -> str:
-    """The precision the page preselects for a run: the CLI's default (``cli_sampling.bf16_by_default``).
+    """The precision the page preselects for a run: the CLI's default (``compiling.bf16_by_default``).
     A request that names no precision samples in float32, as the Python API does."""
     import torch
 
-    from ..cli_sampling import bf16_by_default
+    from ..compiling import bf16_by_default
 
     return "bf16" if bf16_by_default(cfg, torch.device("cpu")) else "float32"
 

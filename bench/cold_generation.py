@@ -1,0 +1,144 @@
+"""Generation from cold degradations beside the Gaussian DDPM of the same net and budget (the
+``generate`` and ``prior-sweep`` phases of ``bench/cold_restoration.py``, which trains the runs):
+
+    python bench/cold_restoration.py generate --root runs/cold-long [--models KEY ...]
+    python bench/cold_restoration.py prior-sweep --runs pixelate --root runs/cold-long
+
+A row of ``_generators`` is a run, a start (the degradation's own prior, or a Gaussian mixture over a
+summary of fully degraded training digits) and a sampler; every row draws ``n`` digits, scored
+against ``n`` held-out digits (FID-style beside its floor, precision, recall, classes present).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cold_restoration import _feature_reference, _fid, _merge, splits, trained_steps
+
+#: The pixelate prior's mixture size, chosen by ``prior-sweep`` (docs/cold_prior_sweep_pixelate.json: the best
+#: FID-style against training digits that the fit did not see; the held-out digits play no part).
+PIXELATE_COMPONENTS = 160
+
+def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
+    return torch.cat([pipe.sample(min(batch, n - i), seed=i, bf16=True, **kw) for i in range(0, n, batch)])
+
+
+def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **settings):
+    """The run's restorer with a ``components``-Gaussian mixture prior over its degradation's summary
+    of fully degraded training digits (``settings`` change the degradation's, e.g. blur's
+    ``summary_modes=2``: the 25 lowest Fourier modes instead of the channel means; the maths of D
+    does not change)."""
+    from undiffuse.cold import ColdRestorer, GaussianMixturePrior, make_degradation
+    from undiffuse.cold.pipeline import ColdPipeline
+
+    r = pipe.restorer
+    deg = make_degradation({**pipe.degradation.config(), **settings})
+    prior = GaussianMixturePrior.fit(deg, train_x, n_components=components, seed=0,
+                                     generator=torch.Generator().manual_seed(0))
+    restorer = ColdRestorer(r.net, deg, residual=r.residual, standardize=r.standardize)
+    return ColdPipeline(restorer, pipe.shape, pipe.num_classes, pipe.class_names, pipe.run_dir, prior=prior)
+
+
+def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
+    """key -> (row label, run, lambda pipe: (pipeline, sample settings)) of every generation row."""
+    return {
+        "blur-paper": ("cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)", "blur",
+                       lambda p: (p, dict(sampler="improved"))),
+        "blur-modes": ("cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)", "blur",
+                       lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler="improved", noise_std=0.0))),
+        "ddpm": ("DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm",
+                 lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
+        "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-7k",
+                          lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
+                                     dict(sampler="improved", noise_std=0.0))),
+        "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior + noise 0.002 (20 NFE)", "blur-7k",
+                                lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
+                                           dict(sampler="improved", noise_std=0.002))),
+        "blur-7k-modes-direct": ("cold blur (7000 steps), direct R(x_T, T) from the 25-mode prior (1 NFE)", "blur-7k",
+                                 lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
+                                            dict(sampler="direct", noise_std=0.0))),
+        "blur-l2-modes": ("cold blur, L2 (3500 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2",
+                          lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
+                                     dict(sampler="improved", noise_std=0.0))),
+        "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
+                    lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
+        "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
+                        lambda p: (p, dict(sampler="ddim", num_inference_steps=50))),
+        "pixelate": ("cold pixelate, Alg. 2, block-mean prior (1 Gaussian, the run's) + noise 0.002 (3 NFE)",
+                     "pixelate", lambda p: (p, dict(sampler="improved"))),
+        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture + noise 0.002 (3 NFE)",
+                             "pixelate", lambda p: (_mixture_pipeline(p, train_x), dict(sampler="improved"))),
+        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (chosen by prior-sweep) "
+                                "+ noise 0.002 (3 NFE)", "pixelate",
+                                lambda p: (_mixture_pipeline(p, train_x, components=PIXELATE_COMPONENTS),
+                                           dict(sampler="improved"))),
+        "fade": ("animorphosis: a random photo patch (fade source) restored to a digit, Alg. 2 (20 NFE)", "fade",
+                 lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
+        "fade-3k": ("animorphosis (3000 steps), a random photo patch restored to a digit, Alg. 2 (20 NFE)", "fade-3k",
+                    lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
+    }
+
+
+#: The summary of x_T each run's mixture is fitted to, beside the run's own (blur: 25 Fourier modes).
+PRIOR_SETTINGS = {"blur": {"summary_modes": 2}, "pixelate": {}}
+
+
+def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, components=(1, 10, 20, 40, 80, 160)) -> list[dict]:
+    """Model selection for a generation prior without touching the held-out digits: mixtures of
+    ``components`` Gaussians over the run's summary of x_T, fitted to the training digits but the last
+    ``n``, scored (FID-style of ``n`` samples) against those last ``n``, which neither the fit nor the
+    tables' held-out scores see."""
+    from undiffuse import load
+    from undiffuse.metrics import extract_features, get_feature_net
+
+    train_split, _ = splits("mnist")
+    net, _ = get_feature_net("mnist")
+    ref = extract_features(net, train_split.x[-n:])  # the last n training digits
+    pipe, rows = load(root / run), []
+    for k in components:
+        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **PRIOR_SETTINGS[run])
+        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run == "blur" else 0.002).clamp(-1, 1)
+        rows.append({"run": run, "components": k, "n": n, "fid_vs_training": _fid(net, x, ref)})
+        print(json.dumps(rows[-1]), flush=True)
+    out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def generate(root: Path, docs: Path, n: int = 600, keys: list[str] | None = None) -> list[dict]:
+    """Unconditional digits from the cold runs (Gaussian-mixture or built-in start + Algorithm 2) and
+    from the Gaussian DDPM of the same net and budget, scored against the held-out digits; rows of
+    runs not trained yet are skipped. The grid ``docs/cold_generation.png`` shows every row measured."""
+    from safetensors.torch import load_file, save_file
+
+    from undiffuse import load
+    from undiffuse.metrics import class_statistics, extract_features, predict_labels, prdc
+    from undiffuse.viz import save_labelled_grid
+
+    train_split, held = splits("mnist")
+    net, ref, floor = _feature_reference("mnist", held, n)
+    generators = _generators(train_split.x)
+    rows, shown = [], root / "generation"
+    for key in keys or list(generators):
+        label, run, make = generators[key]
+        if not (root / run / "checkpoints").is_dir():
+            print(f"skipping {key}: {root / run} is not trained yet", flush=True)
+            continue
+        pipe, kw = make(load(root / run))
+        x = _sample(pipe, n, **kw).clamp(-1, 1)
+        feats = extract_features(net, x)
+        pr = prdc(ref, feats)
+        classes = class_statistics(predict_labels(net, x), 10, held.labels[:n])
+        row = {"model": label, "key": key, "n": n, "fid": _fid(net, x, ref), "fid_floor": floor,
+               "train_steps": trained_steps(root / run), "precision": pr["precision"], "recall": pr["recall"],
+               "classes_present": classes["num_present_thresholded"], "class_kl": classes["kl"]}
+        rows.append(row)
+        shown.mkdir(parents=True, exist_ok=True)
+        save_file({"x": x[:12].contiguous()}, str(shown / f"{key}.safetensors"))
+        print(json.dumps(row), flush=True)
+        _merge(docs / "cold_generation.json", [row], key=("model",))  # row by row: an interrupted run keeps what it measured
+    have = [k for k in generators if (shown / f"{k}.safetensors").exists()]
+    save_labelled_grid([load_file(str(shown / f"{k}.safetensors"))["x"] for k in have], docs / "cold_generation.png",
+                       row_labels=[generators[k][0] for k in have])
+    return rows
