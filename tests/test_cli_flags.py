@@ -122,7 +122,7 @@ def test_help_is_grouped_and_shows_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for title in GROUPS.values():
         assert f"{title}:" in text, title
-    assert "--max-train-steps MAX_TRAIN_STEPS total number of optimisation steps to train for (default: 1000; " \
+    assert "--max-train-steps MAX_TRAIN_STEPS total number of optimisation steps to train for (default: 700; " \
            "--preset digits: 2000, toy2d: 3000" in text
     assert "--steps MAX_TRAIN_STEPS deprecated spelling of --max-train-steps" in text
     assert "--bf16, --no-bf16 bf16 autocast (AMX on recent Intel CPUs) (default: on; --preset toy2d: off)" in text
