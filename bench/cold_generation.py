@@ -43,25 +43,25 @@ def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **setti
 
 def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
     """key -> (row label, run, lambda pipe: (pipeline, sample settings)) of every generation row."""
+    def blur_modes(sampler: str = "improved", noise_std: float = 0.0):
+        """A blur run started from a 10-component mixture over the 25 lowest Fourier modes of x_T."""
+        return lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler=sampler, noise_std=noise_std))
+
     return {
         "blur-paper": ("cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)", "blur",
                        lambda p: (p, dict(sampler="improved"))),
         "blur-modes": ("cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)", "blur",
-                       lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler="improved", noise_std=0.0))),
+                       blur_modes()),
         "ddpm": ("DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm",
                  lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
         "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-7k",
-                          lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                     dict(sampler="improved", noise_std=0.0))),
+                          blur_modes()),
         "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior + noise 0.002 (20 NFE)", "blur-7k",
-                                lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                           dict(sampler="improved", noise_std=0.002))),
+                                blur_modes(noise_std=0.002)),
         "blur-7k-modes-direct": ("cold blur (7000 steps), direct R(x_T, T) from the 25-mode prior (1 NFE)", "blur-7k",
-                                 lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                            dict(sampler="direct", noise_std=0.0))),
+                                 blur_modes("direct")),
         "blur-l2-modes": ("cold blur, L2 (3500 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2",
-                          lambda p: (_mixture_pipeline(p, train_x, summary_modes=2),
-                                     dict(sampler="improved", noise_std=0.0))),
+                          blur_modes()),
         "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
                     lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
         "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
