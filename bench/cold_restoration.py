@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("phase", choices=["train", "restore", "generate", "prior-sweep", "ceiling", "table"])
     p.add_argument("--runs", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     p.add_argument("--models", nargs="*", default=None,
-                   help="generate: rows to measure (default: every row of cold_generation.GENERATORS "
+                   help="generate: rows to measure (default: every row of cold_generation._generators "
                         "whose run is trained)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--root", default="runs/cold", help="where the runs live")

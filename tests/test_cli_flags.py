@@ -161,6 +161,8 @@ def test_precision_defaults_to_bf16_only_where_measured_and_native(command, monk
     pixel = {"process": {"type": "ddpm"}}
     latent = {**pixel, "latent": {"run": "ae"}}  # a latent run: not measured either
     assert bf16_by_default(pixel, None) is True and bf16_by_default(latent, None) is False
+    points = {**pixel, "data": {"shape": [2]}}  # toy2d's 2-D points: not measured either
+    assert bf16_by_default(points, None) is False
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):

@@ -164,7 +164,8 @@ def test_toy2d_samples_match_the_data_by_sliced_wasserstein(tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_training_pictures_sample_in_the_cli_precision(tmp_path, monkeypatch, native):
     """The preview and final grids follow ``undiffuse sample``'s default (``bf16_by_default``):
-    bf16 on a Gaussian pixel run where the CPU computes bf16 natively, float32 elsewhere."""
+    bf16 on a Gaussian pixel run where the CPU computes bf16 natively, float32 elsewhere and for a
+    run that trains in float32."""
     from undiffuse import compiling
     from undiffuse.pipeline import Pipeline
 
@@ -176,4 +177,5 @@ def test_training_pictures_sample_in_the_cli_precision(tmp_path, monkeypatch, na
     cfg = TrainConfig(data="digits", net="tiny", max_train_steps=1, batch_size=8, num_samples=4, sample_steps=2,
                       out=str(tmp_path / "run"))
     Trainer(cfg).write_samples("final")
-    assert asked == [native]
+    Trainer(cfg.updated(bf16=False, out=str(tmp_path / "fp32"))).write_samples("final")
+    assert asked == [native, False]

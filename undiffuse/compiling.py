@@ -130,5 +130,6 @@ def bf16_by_default(cfg: dict, device) -> bool:
     ``cfg``: the run's config.json. The CLI's default, the web page's and the training pictures'."""
     from .cold import is_cold
 
-    measured = not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
+    images = len(cfg.get("data", {}).get("shape", (1, 1, 1))) == 3  # not 2-D points (toy2d)
+    measured = images and not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
     return measured and native_bf16(device)

@@ -171,7 +171,7 @@ class TrainConfig:
     # Set by `undiffuse train-autoencoder` (not a flag of train): the run trains the autoencoder.
     autoencoder_training: bool = _latent(False, "train the KL autoencoder --net instead of a denoiser", cli=False)
     # optimisation
-    # 700: the demo reaches the FID-style of 1000 steps in 9.5 minutes from a fresh clone (docs/speed.md,
+    # 700: the demo reaches the FID-style of 1000 steps in 9.6 minutes from a fresh clone (docs/speed.md,
     # "Time to quality"); the shorter cosine decay anneals sooner, the quality at 700 is the same.
     max_train_steps: int = _optim(700, "total number of optimisation steps to train for",
                                   renamed_from=("steps",))

@@ -115,10 +115,11 @@ class GaussianObjective(Objective):
 
 def picture_bf16(trainer) -> bool:
     """The training pictures' precision: the CLI's sampling default for the run (``bf16_by_default``:
-    bf16 on Gaussian pixel runs where the CPU computes it natively; half the picture time there)."""
+    bf16 on Gaussian pixel runs where the CPU computes it natively; half the picture time there),
+    unless the run trains in float32 (``--no-bf16``)."""
     from .compiling import bf16_by_default
 
-    return bf16_by_default(trainer.run_config(), torch.device("cpu"))
+    return trainer.cfg.bf16 and bf16_by_default(trainer.run_config(), torch.device("cpu"))
 
 
 def objective_for(cfg: TrainConfig) -> Objective:
