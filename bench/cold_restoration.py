@@ -59,6 +59,9 @@ RUNS: dict[str, dict] = {
     # The sweep's best Algorithm 2 row at 200 steps (recipe + L2) at the blur run's budget: L2 alone
     # changed from "blur", so the pair measures the loss at 3500 steps.
     "blur-l2": dict(process="blur", data="mnist", max_train_steps=3500, loss="l2", **RECIPE),
+    # ... carried on to 7000 steps as blur-7k carries on blur (the same warm restart): against ddpm-7k.
+    "blur-l2-7k": dict(process="blur", data="mnist", max_train_steps=7000, loss="l2", continue_from="blur-l2",
+                       **RECIPE),
 }
 #: Restoration steps where every severity would take too long on a CPU (fade: 20 of T = 200, evenly
 #: spaced); the others restore through every severity, as the paper does.
