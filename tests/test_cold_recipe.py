@@ -202,7 +202,7 @@ def test_cold_blur_preset_is_the_papers_blur_with_the_recipe():
     cfg = preset("cold-blur").resolved()
     blur, paper = make_degradation(cfg.process), make_degradation("blur")
     assert {**blur.settings(), "summary_modes": 0} == paper.settings()  # only the prior's features differ
-    assert cfg.standardize_input and cfg.residual and cfg.loss == "l1" and cfg.sampler == "improved"
+    assert cfg.standardize_input and cfg.residual and cfg.loss == "l2" and cfg.sampler == "improved"
 
 
 def test_a_blur_kernel_wider_than_the_images_is_refused_before_training(tmp_path):
