@@ -62,6 +62,8 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
                                  blur_modes("direct")),
         "blur-l2-modes": ("cold blur, L2 (3500 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2",
                           blur_modes()),
+        "blur-l2-7k-modes": ("cold blur, L2 (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2-7k",
+                             blur_modes()),
         "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
                     lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
         "ddpm-ddim50": ("DDPM, DDIM, 50 steps (50 NFE)", "ddpm",
