@@ -124,8 +124,8 @@ def generate(root: Path, docs: Path, n: int = 600, keys: list[str] | None = None
     rows, shown = [], root / "generation"
     for key in keys or list(generators):
         label, run, make = generators[key]
-        if not (root / run / "checkpoints").is_dir():
-            print(f"skipping {key}: {root / run} is not trained yet", flush=True)
+        if not (root / run / "done").exists():  # rows name their budget: a run still training would lie
+            print(f"skipping {key}: {root / run} has not finished training", flush=True)
             continue
         pipe, kw = make(load(root / run))
         x = _sample(pipe, n, **kw).clamp(-1, 1)
