@@ -21,6 +21,7 @@ from cold_restoration import _feature_reference, _fid, _merge, splits, trained_s
 #: FID-style against training digits that the fit did not see; the held-out digits play no part).
 PIXELATE_COMPONENTS = 160
 
+
 def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
     return torch.cat([pipe.sample(min(batch, n - i), seed=i, bf16=True, **kw) for i in range(0, n, batch)])
 
@@ -111,7 +112,7 @@ def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, comp
 def generate(root: Path, docs: Path, n: int = 600, keys: list[str] | None = None) -> list[dict]:
     """Unconditional digits from the cold runs (Gaussian-mixture or built-in start + Algorithm 2) and
     from the Gaussian DDPM of the same net and budget, scored against the held-out digits; rows of
-    runs not trained yet are skipped. The grid ``docs/cold_generation.png`` shows every row measured."""
+    runs that have not finished training are skipped. The grid ``docs/cold_generation.png`` shows every row measured."""
     from safetensors.torch import load_file, save_file
 
     from undiffuse import load

@@ -34,7 +34,7 @@ OUT = Path("docs/time_to_quality.json")
 #: One lever changed from ``make demo`` per row (docs/mnist_recipe.md has the recipe itself).
 RECIPES: dict[str, dict] = {
     "demo": {"max_train_steps": 1000},           # the demo until session 8: 1000 steps of 64, lr 2e-3
-    "demo-700": {"max_train_steps": 700},        # the same schedule in 700 steps: the default since
+    "demo-700": {"max_train_steps": 700},        # the same schedule in 700 steps: the default since session 8
     "demo-500": {"max_train_steps": 500},
     "demo-lr3e-3-700": {"max_train_steps": 700, "lr": 3e-3},
 }
@@ -76,7 +76,12 @@ def train(name: str, every: int) -> None:
     print(json.dumps(done, indent=1))
 
 
-def measure(name: str, n: int, fp32_final: bool = False) -> None:
+def _results() -> dict:
+    """docs/time_to_quality.json as recorded so far (recipes' rows and the set-up time)."""
+    return json.loads(OUT.read_text()) if OUT.exists() else {}
+
+
+def measure(name: str, n: int) -> None:
     from undiffuse import load
     from undiffuse.compiling import bf16_by_default
     from undiffuse.evaluate import _sample, sample_quality
@@ -86,30 +91,26 @@ def measure(name: str, n: int, fp32_final: bool = False) -> None:
     run = ROOT / name
     trained = json.loads((run / "ttq_train.json").read_text())
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results = _results()
     if results.get(name, {}).get("settings") != trained["settings"]:  # retrained otherwise: start over
         results[name] = {"settings": trained["settings"], "machine": trained["machine"],
                          "process_s_with_pictures": trained["process_s_with_pictures"], "rows": []}
-    rows = results[name]
+    entry = results[name]
     pipe = load(run)
     bf16 = bf16_by_default(read_run_config(run), torch.device("cpu"))
-    spec = SampleSpec.build(None, **SAMPLING, bf16=bf16)
-    done = {(r["step"], r["bf16"]) for r in rows["rows"]}
-    todo = [(snap, bf16) for snap in trained["snapshots"]]
-    if fp32_final and bf16:  # the same weights in float32: what bf16 sampling costs in quality
-        todo.append((trained["snapshots"][-1], False))
-    for snap, precision in todo:
-        if (snap["step"], precision) in done:
+    spec = SampleSpec.build(None, **SAMPLING, bf16=bf16)  # float32 against bf16: bench/bf16_sampling.py
+    done = {r["step"] for r in entry["rows"]}
+    for snap in trained["snapshots"]:
+        if snap["step"] in done:
             continue
         load_checked(pipe.denoiser, run / "snapshots" / f"step-{snap['step']:06d}.safetensors")
-        samples, requested, rate = _sample(pipe, n, spec.replace(bf16=precision), 100)
+        samples, requested, rate = _sample(pipe, n, spec, 100)
         q = sample_quality(samples, requested, "mnist", n)
-        row = {**snap, "n": n, "bf16": precision, "fid": q["fid"], "fid_floor": q["fid_floor"],
-               "class_accuracy": q["class_accuracy"], "precision": q["precision"], "recall": q["recall"],
-               "sampling_images_per_s": rate}
-        rows["rows"].append(row)
+        entry["rows"].append({**snap, "n": n, "bf16": bf16, "fid": q["fid"], "fid_floor": q["fid_floor"],
+                              "class_accuracy": q["class_accuracy"], "precision": q["precision"],
+                              "recall": q["recall"], "sampling_images_per_s": rate})
         OUT.write_text(json.dumps(results, indent=1))  # after each row: a stopped measure loses nothing
-        print(f"{name} step {snap['step']} ({'bf16' if precision else 'fp32'}): {snap['process_s'] / 60:.1f} min, FID-style {q['fid']:.2f} "
+        print(f"{name} step {snap['step']}: {snap['process_s'] / 60:.1f} min, FID-style {q['fid']:.2f} "
               f"(floor {q['fid_floor']:.2f}), class accuracy {q['class_accuracy']:.3f}", flush=True)
 
 
@@ -120,14 +121,14 @@ def setup_minutes() -> None:
         t = time.perf_counter()
         subprocess.run(["make", "-C", tmp, "setup"], check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - t
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results = _results()
     results["_setup"] = {"make_setup_s": seconds}
     OUT.write_text(json.dumps(results, indent=1))
     print(f"make setup in a fresh clone: {seconds:.0f} s")
 
 
 def table() -> None:
-    results = json.loads(OUT.read_text())
+    results = _results()
     setup = results.get("_setup", {}).get("make_setup_s")
     print("| recipe | step | minutes (process) | minutes from a fresh clone | FID-style (floor) | class accuracy "
           "| precision / recall |")
@@ -135,9 +136,9 @@ def table() -> None:
     for name, entry in results.items():
         if name.startswith("_"):
             continue
-        for r in sorted(entry["rows"], key=lambda r: (r["step"], not r["bf16"])):
+        for r in sorted(entry["rows"], key=lambda r: r["step"]):
             fresh = "" if setup is None else f"{(r['process_s'] + setup) / 60:.1f}"
-            print(f"| {name}{'' if r['bf16'] else ' (fp32 sampling)'} | {r['step']} | {r['process_s'] / 60:.1f} | {fresh} | {r['fid']:.2f} "
+            print(f"| {name} | {r['step']} | {r['process_s'] / 60:.1f} | {fresh} | {r['fid']:.2f} "
                   f"({r['fid_floor']:.2f}) | {r['class_accuracy']:.3f} | {r['precision']:.3f} / {r['recall']:.3f} |")
 
 
@@ -147,7 +148,6 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=["demo"], help=f"of {list(RECIPES)}")
     ap.add_argument("--every", type=int, default=250, help="keep the EMA weights every N steps")
     ap.add_argument("--n", type=int, default=2000, help="samples per snapshot")
-    ap.add_argument("--fp32-final", action="store_true", help="measure: also the last snapshot in float32")
     args = ap.parse_args()
     if args.command == "train" and len(args.recipes) != 1:
         ap.error("train one recipe per process: its minutes count from the process's start")
@@ -155,7 +155,7 @@ def main() -> None:
         if args.command == "train":
             train(name, args.every)
         elif args.command == "measure":
-            measure(name, args.n, args.fp32_final)
+            measure(name, args.n)
         elif args.command == "setup":
             setup_minutes()
         else:

@@ -14,8 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..checkpoint import step_name
-from ..checkpoint import write_json
+from ..checkpoint import step_name, write_json
 from .diffusers_unet import InteropError
 
 __all__ = ["check_target", "staged_folder", "write_json_file", "read_config", "config_values", "read_tensors",
