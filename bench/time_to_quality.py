@@ -37,6 +37,12 @@ RECIPES: dict[str, dict] = {
     "demo-700": {"max_train_steps": 700},        # the same schedule in 700 steps: the default since session 8
     "demo-500": {"max_train_steps": 500},
     "demo-lr3e-3-700": {"max_train_steps": 700, "lr": 3e-3},
+    # the recipe levers of issue #20, one at a time, each at the demo's 700 steps (session 9)
+    "demo-edm-700": {"max_train_steps": 700, "process": "edm", "prediction": "edm", "weighting": "uniform"},
+    "demo-uniform-700": {"max_train_steps": 700, "weighting": "uniform"},
+    "demo-noema-700": {"max_train_steps": 700, "ema_decay": 0.0},
+    "demo-bs32-1400": {"max_train_steps": 1400, "batch_size": 32},
+    "demo-small-700": {"max_train_steps": 700, "net": "mnist-small"},
 }
 SAMPLING = dict(sampler="dpmpp_2m", num_inference_steps=10, guidance=2.0, seed=0)
 
