@@ -45,25 +45,27 @@ def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **setti
 def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
     """key -> (row label, run, lambda pipe: (pipeline, sample settings)) of every generation row."""
     def blur_modes(sampler: str = "improved", noise_std: float = 0.0):
-        """A blur run started from a 10-component mixture over the 25 lowest Fourier modes of x_T."""
+        """A blur run started from a 10-component mixture over the 25 lowest Fourier modes of x_T (10: the
+        best of ``prior-sweep --runs blur-l2``, docs/cold_prior_sweep_blur-l2.json). "Scaled fit": fitted
+        to features scaled to unit variance (session 9; rows without it are the unscaled fit's)."""
         return lambda p: (_mixture_pipeline(p, train_x, summary_modes=2), dict(sampler=sampler, noise_std=noise_std))
 
     return {
         "blur-paper": ("cold blur, Alg. 2, mean prior + noise 0.002 (paper; 20 NFE)", "blur",
                        lambda p: (p, dict(sampler="improved"))),
-        "blur-modes": ("cold blur, Alg. 2, 25-mode prior, no noise (20 NFE)", "blur",
+        "blur-modes": ("cold blur, Alg. 2, 25-mode prior (scaled fit), no noise (20 NFE)", "blur",
                        blur_modes()),
         "ddpm": ("DDPM, DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm",
                  lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
-        "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-7k",
+        "blur-7k-modes": ("cold blur (7000 steps), Alg. 2, 25-mode prior (scaled fit), no noise (20 NFE)", "blur-7k",
                           blur_modes()),
-        "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior + noise 0.002 (20 NFE)", "blur-7k",
+        "blur-7k-modes-noise": ("cold blur (7000 steps), Alg. 2, 25-mode prior (scaled fit) + noise 0.002 (20 NFE)", "blur-7k",
                                 blur_modes(noise_std=0.002)),
-        "blur-7k-modes-direct": ("cold blur (7000 steps), direct R(x_T, T) from the 25-mode prior (1 NFE)", "blur-7k",
+        "blur-7k-modes-direct": ("cold blur (7000 steps), direct R(x_T, T) from the 25-mode prior, scaled fit (1 NFE)", "blur-7k",
                                  blur_modes("direct")),
-        "blur-l2-modes": ("cold blur, L2 (3500 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2",
+        "blur-l2-modes": ("cold blur, L2 (3500 steps), Alg. 2, 25-mode prior (scaled fit), no noise (20 NFE)", "blur-l2",
                           blur_modes()),
-        "blur-l2-7k-modes": ("cold blur, L2 (7000 steps), Alg. 2, 25-mode prior, no noise (20 NFE)", "blur-l2-7k",
+        "blur-l2-7k-modes": ("cold blur, L2 (7000 steps), Alg. 2, 25-mode prior (scaled fit), no noise (20 NFE)", "blur-l2-7k",
                              blur_modes()),
         "ddpm-7k": ("DDPM (7000 steps), DPM-Solver++(2M) SDE, 20 steps (20 NFE)", "ddpm-7k",
                     lambda p: (p, dict(sampler="dpmpp_2m_sde", num_inference_steps=20))),
@@ -71,9 +73,9 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
                         lambda p: (p, dict(sampler="ddim", num_inference_steps=50))),
         "pixelate": ("cold pixelate, Alg. 2, block-mean prior (1 Gaussian, the run's) + noise 0.002 (3 NFE)",
                      "pixelate", lambda p: (p, dict(sampler="improved"))),
-        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture + noise 0.002 (3 NFE)",
+        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture (scaled fit) + noise 0.002 (3 NFE)",
                              "pixelate", lambda p: (_mixture_pipeline(p, train_x), dict(sampler="improved"))),
-        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (chosen by prior-sweep) "
+        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (scaled fit; size chosen by prior-sweep) "
                                 "+ noise 0.002 (3 NFE)", "pixelate",
                                 lambda p: (_mixture_pipeline(p, train_x, components=PIXELATE_COMPONENTS),
                                            dict(sampler="improved"))),
@@ -84,8 +86,13 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
     }
 
 
-#: The summary of x_T each run's mixture is fitted to, beside the run's own (blur: 25 Fourier modes).
+#: The summary of x_T each run's mixture is fitted to (by the run's degradation, the name before
+#: any "-"), beside the run's own (blur: 25 Fourier modes).
 PRIOR_SETTINGS = {"blur": {"summary_modes": 2}, "pixelate": {}}
+
+
+def _prior_settings(run: str) -> dict:
+    return PRIOR_SETTINGS[run.split("-")[0]]
 
 
 def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, components=(1, 10, 20, 40, 80, 160)) -> list[dict]:
@@ -101,8 +108,8 @@ def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, comp
     ref = extract_features(net, train_split.x[-n:])  # the last n training digits
     pipe, rows = load(root / run), []
     for k in components:
-        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **PRIOR_SETTINGS[run])
-        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run == "blur" else 0.002).clamp(-1, 1)
+        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **_prior_settings(run))
+        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run.startswith("blur") else 0.002).clamp(-1, 1)
         rows.append({"run": run, "components": k, "n": n, "fid_vs_training": _fid(net, x, ref)})
         print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps(rows, indent=1))

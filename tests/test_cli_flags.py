@@ -32,6 +32,7 @@ OLD_VALUE_FLAGS = [
     ("--sample-every", "0", "sample_every", 0), ("--num-samples", "8", "num_samples", 8),
     ("--sampler", "heun", "sampler", "heun"), ("--sample-steps", "12", "sample_steps", 12),
     ("--guidance", "1.5", "guidance", 1.5), ("--severity-weighting", "linear", "severity_weighting", "linear"),
+    ("--prior-components", "10", "prior_components", 10),
     ("--text-encoder", "fake", "text_encoder", "fake"), ("--caption-dropout", "0.2", "caption_dropout", 0.2),
     ("--on-missing-caption", "warn", "on_missing_caption", "warn"),
     ("--caption-column", "caption", "caption_column", "caption"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from undiffuse.config import TrainConfig
 from undiffuse.metrics import class_agreement
 from undiffuse.cold.degradations import make_degradation
+from undiffuse.cold.prior import GaussianMixturePrior
 from undiffuse.cold.restorer import STANDARDIZE_EPS, standardized_input
 from undiffuse.cold.iterative import iterative_denoise, iterative_levels
 from undiffuse.testing.oracle import GaussianMixture, OracleDenoiser
@@ -56,7 +58,8 @@ def test_standardized_restorer_builds_three_planes_and_resumes_config():
     assert out.shape == (2, 1, 32, 32)
 
 
-@pytest.mark.parametrize("field, value", [("standardize_input", True), ("severity_weighting", "linear")])
+@pytest.mark.parametrize("field, value", [("standardize_input", True), ("severity_weighting", "linear"),
+                                          ("prior_components", 10)])
 def test_cold_only_settings_refused_for_gaussian(field, value):
     with pytest.raises(ValueError, match="appl(ies|y) to cold processes only"):
         TrainConfig(**{field: value}).validate()
@@ -65,6 +68,22 @@ def test_cold_only_settings_refused_for_gaussian(field, value):
 def test_unknown_severity_weighting_refused():
     with pytest.raises(ValueError, match="severity_weighting must be one of"):
         TrainConfig(process="blur", severity_weighting="cubic").validate()
+
+
+def test_prior_components_below_one_refused():
+    with pytest.raises(ValueError, match=r"prior_components \(--prior-components\) must be >= 1"):
+        TrainConfig(process="blur", prior_components=0).validate()
+
+
+def test_prepare_prior_fits_the_configured_mixture(tmp_path):
+    from undiffuse.cold.prior import PRIOR_FILE, prepare_prior
+
+    deg = make_degradation("blur:T=5:summary_modes=1")
+    x = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prior = prepare_prior(tmp_path, deg, x, seed=0, n_components=3)
+    assert prior.means.shape == (3, 9)  # 3 Gaussians over the 9 lowest Fourier modes
+    again = GaussianMixturePrior.from_json((tmp_path / PRIOR_FILE).read_text())
+    np.testing.assert_array_equal(again.means, prior.means)
 
 
 def test_linear_severity_weighting_frequencies():

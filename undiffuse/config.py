@@ -153,6 +153,8 @@ class TrainConfig:
     severity_weighting: str = _cold("uniform", "cold processes: how training draws severities t: uniform (the "
                                     "paper's) or linear (P(t) proportional to t, toward the hard levels)",
                                     choices=SEVERITY_WEIGHTINGS)
+    prior_components: int = _cold(1, "cold processes: Gaussians in the generation prior fitted to the fully "
+                                     "degraded training images (1: the paper's; more give more varied starts)")
     # Images only: clamp x0_hat to the data range while sampling. No flag: None (no clamping)
     # cannot be typed, and no run has needed another value.
     clip_x0: float | None = _model(1.0, "clamp the predicted x0 to [-clip_x0, clip_x0] while sampling", cli=False)
@@ -232,6 +234,7 @@ class TrainConfig:
             (self.sample_every >= 0, "sample_every (--sample-every) must be >= 0 (0: only at the end)"),
             (self.num_samples >= 1, "num_samples (--num-samples) must be >= 1"),
             (self.sample_steps >= 1, "sample_steps (--sample-steps) must be >= 1"),
+            (self.prior_components >= 1, "prior_components (--prior-components) must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -256,7 +259,8 @@ class TrainConfig:
         if self.severity_weighting not in SEVERITY_WEIGHTINGS:
             raise ValueError(f"invalid training config: severity_weighting must be one of {SEVERITY_WEIGHTINGS}")
         cold_only = [name for name, on in (("residual", self.residual), ("standardize_input", self.standardize_input),
-                                           ("severity_weighting", self.severity_weighting != "uniform")) if on]
+                                           ("severity_weighting", self.severity_weighting != "uniform"),
+                                           ("prior_components", self.prior_components != 1)) if on]
         if cold_only and not is_cold(self.process):
             raise ValueError(f"invalid training config: {' and '.join(cold_only)} "
                              f"appl{'ies' if len(cold_only) == 1 else 'y'} to cold processes only "
@@ -375,9 +379,10 @@ PRESETS: dict[str, TrainConfig] = {
     "shapes": TrainConfig(data="shapes", text=True, net="text-small", max_train_steps=1000, out="runs/shapes"),
     # Cold blur at the paper's MNIST setting (T = 20, 11 x 11, sigma 7) with the recipe the sweep
     # chose for a CPU budget (docs/cold.md): standardized input, residual prediction, the L2 loss (at
-    # 3500 steps Algorithm 2 restores at FID-style 12.2 against L1's 29.5, and generates at 28.1 against
-    # 42.6), and a generation prior over the 25 lowest Fourier modes of the blurred digits.
+    # 3500 steps Algorithm 2 restores at FID-style 12.2 against L1's 29.5), and a generation prior of 10
+    # Gaussians over the 25 lowest Fourier modes of the blurred digits (the size prior-sweep chose).
     "cold-blur": TrainConfig(process="blur:summary_modes=2", standardize_input=True, residual=True, loss="l2",
+                             prior_components=10,
                              class_conditional=False, max_train_steps=3500, checkpoint_every=250,
                              out="runs/cold-blur"),
     "ddpm-cifar10": TrainConfig(net="ddpm-cifar10", process="ddpm:linear:1000", lr=2e-4,

@@ -13,7 +13,7 @@ What this module adds:
 
 * ``ColdObjective``, and ``build_restorer``: the network sized to the data, wrapped in ``ColdRestorer`` (saved config
   ``{"prediction": "x0", "residual": ..., "standardize_input": ...}``);
-* the generation prior (``prior.py``): at the start of training rank 0 fits a one-component
+* the generation prior (``prior.py``): at the start of training rank 0 fits a ``prior_components``-Gaussian
   ``GaussianMixturePrior`` to ``degradation.summarize(D(x0, T))`` of the training images (at most
   ``MAX_PRIOR_IMAGES`` of them) and writes it atomically to ``RUN/cold_prior.json``, unless the
   degradation knows its own end state (gaussian, fade). A mixture with full covariances over more
@@ -87,7 +87,7 @@ class ColdObjective(Objective):
 
     def prepare(self, run_dir: Path, data: TensorData, model: ColdRestorer) -> None:
         """The start of generation: a mixture over fully degraded training images (``prior.py``)."""
-        self.prior = prepare_prior(run_dir, model.degradation, data.x, self.cfg.seed)
+        self.prior = prepare_prior(run_dir, model.degradation, data.x, self.cfg.seed, self.cfg.prior_components)
 
     def draw(self, model, b, shape, gen, dtype) -> Draws:
         deg = model.degradation

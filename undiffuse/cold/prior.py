@@ -32,9 +32,13 @@ class GaussianMixturePrior:
     """A Gaussian mixture over the features of fully degraded images, kept as plain arrays.
 
     ``fit`` runs scikit-learn's ``GaussianMixture`` (full covariances) on
-    ``degradation.summarize(D(x0, T))``; ``sample`` draws with a torch generator (component by its
-    weight, then ``mean + L eps`` with L the Cholesky factor) and maps the features back to images
-    with ``degradation.expand``. ``to_dict`` / ``from_dict`` (and ``to_json``) hold weights, means and
+    ``degradation.summarize(D(x0, T))``, each feature scaled to unit variance first: sklearn's
+    ``reg_covar`` is added to the variances in the features' own units, and blur's Fourier modes
+    span eight orders of magnitude (std 2 for the mean, 1e-7 for modes the blur has all but erased),
+    so unscaled, the regulariser drowned the small modes in noise 10^4 times their size.
+    ``sample`` draws with a torch generator (component by its weight, then ``mean + L eps`` with L
+    the Cholesky factor, taken of the correlation matrix for the same reason) and maps the features
+    back to images with ``degradation.expand``. ``to_dict`` / ``from_dict`` (and ``to_json``) hold weights, means and
     covariances as lists: no pickle.
     """
 
@@ -64,9 +68,12 @@ class GaussianMixturePrior:
                 x_T = degradation(chunk, degradation.num_steps, generator=generator)
                 feats.append(degradation.summarize(x_T).double().cpu())
         z = torch.cat(feats).numpy()
+        mu, s = z.mean(0), z.std(0)
+        s = np.where(s > 0, s, 1.0)  # a constant feature: any scale; reg_covar keeps it positive
         gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=reg_covar,
-                              random_state=seed).fit(z)
-        return cls(gmm.weights_, gmm.means_, gmm.covariances_, tuple(x0.shape[1:]), degradation.config())
+                              random_state=seed).fit((z - mu) / s)
+        return cls(gmm.weights_, gmm.means_ * s + mu, gmm.covariances_ * np.outer(s, s), tuple(x0.shape[1:]),
+                   degradation.config())
 
     def sample(self, n: int, degradation: Degradation, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
@@ -78,7 +85,7 @@ class GaussianMixturePrior:
         w = torch.as_tensor(self.weights, dtype=torch.float64, device=gen_dev)
         comp = torch.multinomial(w, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.means.shape[1], generator=generator, device=gen_dev, dtype=torch.float64)
-        chol = torch.linalg.cholesky(torch.as_tensor(self.covariances, device=gen_dev))
+        chol = scaled_cholesky(torch.as_tensor(self.covariances, device=gen_dev))
         mu = torch.as_tensor(self.means, device=gen_dev)
         z = mu[comp] + torch.einsum("nij,nj->ni", chol[comp], eps)
         return degradation.expand(z, self.shape).to(device=device, dtype=dtype)
@@ -100,14 +107,24 @@ class GaussianMixturePrior:
         return cls.from_dict(json.loads(text))
 
 
+def scaled_cholesky(cov: Tensor) -> Tensor:
+    """Cholesky factors of a batch of covariances (..., d, d) as ``diag(s) chol(R)``, with ``s`` the
+    standard deviations and ``R`` the correlations: exact, and stable where the variances span
+    many orders of magnitude (a plain factorisation loses the small ones to rounding)."""
+    std = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    corr = cov / (std[..., :, None] * std[..., None, :])
+    return std[..., :, None] * torch.linalg.cholesky(corr)
+
+
 def has_own_prior(degradation: Degradation, shape: tuple[int, ...]) -> bool:
     """Whether the degradation draws fully degraded images itself (gaussian, fade)."""
     return degradation.prior((1, *shape)) is not None
 
 
-def fit_prior(degradation: Degradation, x: torch.Tensor, seed: int = 0) -> GaussianMixturePrior | None:
-    """A one-component Gaussian mixture over the fully degraded ``x`` (see the module docstring);
-    None when the degradation has its own prior or the features are too many."""
+def fit_prior(degradation: Degradation, x: torch.Tensor, seed: int = 0,
+              n_components: int = 1) -> GaussianMixturePrior | None:
+    """A Gaussian mixture over the fully degraded ``x`` (see the module docstring); None when the
+    degradation has its own prior or the features are too many."""
     if has_own_prior(degradation, tuple(x.shape[1:])):
         return None
     gen = torch.Generator().manual_seed(seed)
@@ -120,7 +137,7 @@ def fit_prior(degradation: Degradation, x: torch.Tensor, seed: int = 0) -> Gauss
                       f"{MAX_PRIOR_FEATURES} a generation prior is fitted to; this run restores images "
                       "but does not generate them", stacklevel=2)
         return None
-    return GaussianMixturePrior.fit(degradation, x, n_components=1, seed=seed,
+    return GaussianMixturePrior.fit(degradation, x, n_components=n_components, seed=seed,
                                     generator=torch.Generator().manual_seed(seed))
 
 
@@ -142,10 +159,10 @@ def read_prior(run_dir: Path) -> GaussianMixturePrior | None:
 
 
 def prepare_prior(run_dir: Path, degradation: Degradation, x: torch.Tensor,
-                  seed: int = 0) -> GaussianMixturePrior | None:
-    """Fit the prior (deterministic: the same data and seed give the same prior, also on resume)
-    and write it; remove a stale one when this run has none."""
-    prior = fit_prior(degradation, x, seed)
+                  seed: int = 0, n_components: int = 1) -> GaussianMixturePrior | None:
+    """Fit the prior (deterministic: the same data, seed and size give the same prior, also on
+    resume) and write it; remove a stale one when this run has none."""
+    prior = fit_prior(degradation, x, seed, n_components)
     if prior is not None:
         write_prior(run_dir, prior)
     else:
