@@ -26,18 +26,20 @@ def _sample(pipe, n: int, batch: int = 200, **kw) -> torch.Tensor:
     return torch.cat([pipe.sample(min(batch, n - i), seed=i, bf16=True, **kw) for i in range(0, n, batch)])
 
 
-def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, **settings):
+def _mixture_pipeline(pipe, train_x: torch.Tensor, components: int = 10, standardize: bool | None = None,
+                      **settings):
     """The run's restorer with a ``components``-Gaussian mixture prior over its degradation's summary
     of fully degraded training digits (``settings`` change the degradation's, e.g. blur's
     ``summary_modes=2``: the 25 lowest Fourier modes instead of the channel means; the maths of D
-    does not change)."""
+    does not change). ``standardize``: fit to unit-variance features (default: the degradation's
+    ``summary_scales_differ``)."""
     from undiffuse.cold import ColdRestorer, GaussianMixturePrior, make_degradation
     from undiffuse.cold.pipeline import ColdPipeline
 
     r = pipe.restorer
     deg = make_degradation({**pipe.degradation.config(), **settings})
     prior = GaussianMixturePrior.fit(deg, train_x, n_components=components, seed=0,
-                                     generator=torch.Generator().manual_seed(0))
+                                     generator=torch.Generator().manual_seed(0), standardize=standardize)
     restorer = ColdRestorer(r.net, deg, residual=r.residual, standardize=r.standardize)
     return ColdPipeline(restorer, pipe.shape, pipe.num_classes, pipe.class_names, pipe.run_dir, prior=prior)
 
@@ -73,12 +75,16 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
                         lambda p: (p, dict(sampler="ddim", num_inference_steps=50))),
         "pixelate": ("cold pixelate, Alg. 2, block-mean prior (1 Gaussian, the run's) + noise 0.002 (3 NFE)",
                      "pixelate", lambda p: (p, dict(sampler="improved"))),
-        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture (scaled fit) + noise 0.002 (3 NFE)",
+        "pixelate-mixture": ("cold pixelate, Alg. 2, 10-component block-mean mixture + noise 0.002 (3 NFE)",
                              "pixelate", lambda p: (_mixture_pipeline(p, train_x), dict(sampler="improved"))),
-        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (scaled fit; size chosen by prior-sweep) "
+        "pixelate-mixture160": ("cold pixelate, Alg. 2, 160-component block-mean mixture (chosen by prior-sweep) "
                                 "+ noise 0.002 (3 NFE)", "pixelate",
                                 lambda p: (_mixture_pipeline(p, train_x, components=PIXELATE_COMPONENTS),
                                            dict(sampler="improved"))),
+        "pixelate-mixture160-scaled": ("cold pixelate, Alg. 2, 160-component block-mean mixture fitted to "
+                                       "unit-variance block means + noise 0.002 (3 NFE)", "pixelate",
+                                       lambda p: (_mixture_pipeline(p, train_x, components=PIXELATE_COMPONENTS,
+                                                                    standardize=True), dict(sampler="improved"))),
         "fade": ("animorphosis: a random photo patch (fade source) restored to a digit, Alg. 2 (20 NFE)", "fade",
                  lambda p: (p, dict(sampler="improved", num_inference_steps=20))),
         "fade-3k": ("animorphosis (3000 steps), a random photo patch restored to a digit, Alg. 2 (20 NFE)", "fade-3k",

@@ -338,7 +338,7 @@ def test_gmm_generation_finite_deterministic_and_serialisable(digits):
 class _ScaledFeatures:
     """A stand-in degradation whose end state is the image times per-pixel scales 1 .. 1e-8, and
     whose summary is the pixels: features over eight orders of magnitude, like blur's Fourier modes."""
-    num_steps, random = 1, False
+    num_steps, random, summary_scales_differ = 1, False, True
     scales = torch.tensor([1.0, 1e-3, 1e-6, 1e-8]).reshape(1, 1, 2, 2)
 
     def __call__(self, x, t, generator=None):
@@ -368,6 +368,9 @@ def test_gmm_prior_keeps_features_of_every_scale():
     assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
     corr = torch.corrcoef(torch.stack([draws[:, 0], draws[:, 3]]))[0, 1]
     assert abs(corr - 0.64) < 0.05, corr
+    # Which degradations scale: blur's Fourier modes do, its channel means and pixel units do not.
+    assert Blur(8, 5, 2.0, summary_modes=1).summary_scales_differ
+    assert not Blur(8, 5, 2.0).summary_scales_differ and not Pixelate(2).summary_scales_differ
 
 
 def test_generation_from_built_in_priors():

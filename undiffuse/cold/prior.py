@@ -32,10 +32,13 @@ class GaussianMixturePrior:
     """A Gaussian mixture over the features of fully degraded images, kept as plain arrays.
 
     ``fit`` runs scikit-learn's ``GaussianMixture`` (full covariances) on
-    ``degradation.summarize(D(x0, T))``, each feature scaled to unit variance first: sklearn's
-    ``reg_covar`` is added to the variances in the features' own units, and blur's Fourier modes
-    span eight orders of magnitude (std 2 for the mean, 1e-7 for modes the blur has all but erased),
-    so unscaled, the regulariser drowned the small modes in noise 10^4 times their size.
+    ``degradation.summarize(D(x0, T))``; where the degradation's ``summary_scales_differ`` (blur's
+    Fourier modes span eight orders of magnitude: std 2 for the mean, 1e-7 for modes the blur has
+    all but erased) each feature is scaled to unit variance first, because sklearn adds
+    ``reg_covar`` to the variances in the features' own units and so drowned the small modes in
+    noise 10^4 times their size. Pixel-unit features (pixelate's block means) are fitted as they
+    are: scaled, rarely-inked border blocks weigh as much as the centre in the clustering, and the
+    pixelate mixture drew worse digits (docs/cold.md).
     ``sample`` draws with a torch generator (component by its weight, then ``mean + L eps`` with L
     the Cholesky factor, taken of the correlation matrix for the same reason) and maps the features
     back to images with ``degradation.expand``. ``to_dict`` / ``from_dict`` (and ``to_json``) hold weights, means and
@@ -55,11 +58,12 @@ class GaussianMixturePrior:
 
     @classmethod
     def fit(cls, degradation: Degradation, x0: Tensor, *, n_components: int = 1, seed: int = 0,
-            batch_size: int = 512, reg_covar: float = 1e-6, generator: torch.Generator | None = None
-            ) -> GaussianMixturePrior:
+            batch_size: int = 512, reg_covar: float = 1e-6, generator: torch.Generator | None = None,
+            standardize: bool | None = None) -> GaussianMixturePrior:
         """Fit to the fully degraded images of ``x0`` (N, C, H, W). ``n_components``: the paper's
         deblurring generation fits a simple mixture to the channel means; 1 is the default here.
-        ``generator`` draws the degradation's state for random degradations."""
+        ``generator`` draws the degradation's state for random degradations. ``standardize``: fit
+        to unit-variance features (default: ``degradation.summary_scales_differ``)."""
         from sklearn.mixture import GaussianMixture
 
         feats = []
@@ -68,7 +72,9 @@ class GaussianMixturePrior:
                 x_T = degradation(chunk, degradation.num_steps, generator=generator)
                 feats.append(degradation.summarize(x_T).double().cpu())
         z = torch.cat(feats).numpy()
-        mu, s = z.mean(0), z.std(0)
+        if standardize is None:
+            standardize = degradation.summary_scales_differ
+        mu, s = (z.mean(0), z.std(0)) if standardize else (np.zeros(z.shape[1]), np.ones(z.shape[1]))
         s = np.where(s > 0, s, 1.0)  # a constant feature: any scale; reg_covar keeps it positive
         gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=reg_covar,
                               random_state=seed).fit((z - mu) / s)

@@ -153,6 +153,14 @@ class Degradation:
         """The inverse of ``summarize``: (N, d) features -> (N, C, H, W) images of ``shape`` (C, H, W)."""
         return z.reshape(z.shape[0], *shape)
 
+    @property
+    def summary_scales_differ(self) -> bool:
+        """Whether ``summarize``'s features live on scales of their own (blur's Fourier modes, damped
+        by the blur over orders of magnitude), so a mixture is fitted to them scaled to unit variance;
+        False for pixel-unit features (pixels, block means), fitted as they are: there the scale
+        says which features matter, and the clustering should weigh them so."""
+        return False
+
     def prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
               ) -> tuple[Tensor, State] | None:

@@ -160,6 +160,10 @@ class Blur(SeparableDegradation):
         basis = fourier_basis(self.summary_modes, *x_T.shape[-2:]).to(x_T)
         return (x_T.flatten(2) @ basis.T).flatten(1)
 
+    @property
+    def summary_scales_differ(self) -> bool:
+        return self.summary_modes > 0
+
     def expand(self, z: Tensor, shape: tuple[int, ...]) -> Tensor:
         if not self.summary_modes:
             return z[:, :, None, None].expand(z.shape[0], *shape).contiguous()
