@@ -125,11 +125,12 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def bf16_by_default(cfg: dict, device) -> bool:
-    """bf16 for a Gaussian pixel run (where bf16 was measured, docs/speed.md) on a device that computes
-    bf16 natively; cold, text and latent runs keep float32 unless asked (not measured there).
+    """bf16 for a Gaussian pixel run, text-conditioned or not (where bf16 was measured, docs/speed.md),
+    on a device that computes bf16 natively; cold and latent runs keep float32 unless asked (not
+    measured there).
     ``cfg``: the run's config.json. The CLI's default, the web page's and the training pictures'."""
     from .cold import is_cold
 
     images = len(cfg.get("data", {}).get("shape", (1, 1, 1))) == 3  # not 2-D points (toy2d)
-    measured = images and not is_cold(cfg["process"]) and not cfg.get("text") and not cfg.get("latent")
+    measured = images and not is_cold(cfg["process"]) and not cfg.get("latent")
     return measured and native_bf16(device)
