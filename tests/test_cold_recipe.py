@@ -1,5 +1,6 @@
-"""The cold restorer's recipe options (standardized input, severity weighting), the class-agreement
-metric, and the iterative-denoising loop checked with the exact Gaussian-mixture denoiser."""
+"""The cold restorer's recipe options (standardized input, severity weighting, the generation prior's
+fit and size), the class-agreement metric, and the iterative-denoising loop checked with the exact
+Gaussian-mixture denoiser."""
 from __future__ import annotations
 
 import math
@@ -68,6 +69,45 @@ def test_cold_only_settings_refused_for_gaussian(field, value):
 def test_unknown_severity_weighting_refused():
     with pytest.raises(ValueError, match="severity_weighting must be one of"):
         TrainConfig(process="blur", severity_weighting="cubic").validate()
+
+
+class _ScaledFeatures:
+    """A stand-in degradation whose end state is the image times per-pixel scales 1 .. 1e-8, and
+    whose summary is the pixels: features over eight orders of magnitude, like blur's Fourier modes."""
+    num_steps, random, summary_scales_differ = 1, False, True
+    scales = torch.tensor([1.0, 1e-3, 1e-6, 1e-8]).reshape(1, 1, 2, 2)
+
+    def __call__(self, x, t, generator=None):
+        return x * self.scales
+
+    def summarize(self, x_T):
+        return x_T.flatten(1)
+
+    def expand(self, z, shape):
+        return z.reshape(-1, *shape)
+
+    def config(self):
+        return {}
+
+
+def test_gmm_prior_keeps_features_of_every_scale():
+    # Regression: sklearn's reg_covar (1e-6, absolute) used to be added to unscaled features, so a
+    # feature of std 1e-8 was drawn with std 1e-3; fitted on unit-variance features it keeps its own.
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(4000, 1, generator=g)
+    x0 = (0.8 * common + 0.6 * torch.randn(4000, 4, generator=g)).reshape(-1, 1, 2, 2)  # correlation 0.64
+    deg = _ScaledFeatures()
+    prior = GaussianMixturePrior.fit(deg, x0, n_components=1)
+    data = deg.summarize(deg(x0, 1)).double()
+    draws = deg.summarize(prior.sample(4000, deg, torch.Generator().manual_seed(1), dtype=torch.float64))
+    ratio = draws.std(0) / data.std(0)
+    assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
+    corr = torch.corrcoef(torch.stack([draws[:, 0], draws[:, 3]]))[0, 1]
+    assert abs(corr - 0.64) < 0.05, corr
+    # Which degradations scale: blur's Fourier modes do, its channel means and pixel units do not.
+    assert make_degradation("blur:T=8:summary_modes=1").summary_scales_differ
+    assert not make_degradation("blur:T=8").summary_scales_differ
+    assert not make_degradation("pixelate:T=2").summary_scales_differ
 
 
 def test_prior_components_below_one_refused():
