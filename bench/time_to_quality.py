@@ -43,6 +43,9 @@ RECIPES: dict[str, dict] = {
     "demo-noema-700": {"max_train_steps": 700, "ema_decay": 0.0},
     "demo-bs32-1400": {"max_train_steps": 1400, "batch_size": 32},
     "demo-small-700": {"max_train_steps": 700, "net": "mnist-small"},
+    # a second training seed of the demo and of its best lever
+    "demo-700-seed1": {"max_train_steps": 700, "seed": 1},
+    "demo-small-700-seed1": {"max_train_steps": 700, "net": "mnist-small", "seed": 1},
 }
 SAMPLING = dict(sampler="dpmpp_2m", num_inference_steps=10, guidance=2.0, seed=0)
 
