@@ -118,6 +118,7 @@ def measure(name: str, n: int) -> None:
         entry["rows"].append({**snap, "n": n, "bf16": bf16, "fid": q["fid"], "fid_floor": q["fid_floor"],
                               "class_accuracy": q["class_accuracy"], "precision": q["precision"],
                               "recall": q["recall"], "sampling_images_per_s": rate})
+        results = {**_results(), name: entry}  # re-read: another recipe's measure may have written since
         OUT.write_text(json.dumps(results, indent=1))  # after each row: a stopped measure loses nothing
         print(f"{name} step {snap['step']}: {snap['process_s'] / 60:.1f} min, FID-style {q['fid']:.2f} "
               f"(floor {q['fid_floor']:.2f}), class accuracy {q['class_accuracy']:.3f}", flush=True)
