@@ -92,16 +92,14 @@ def _generators(train_x: torch.Tensor) -> dict[str, tuple[str, str, object]]:
     }
 
 
-#: The summary of x_T each run's mixture is fitted to (by the run's degradation, the name before
-#: any "-"), beside the run's own (blur: 25 Fourier modes).
+#: By the run's degradation: the summary of x_T its mixture is fitted to (blur: 25 Fourier modes),
+#: the symmetry-breaking noise of its start, and the mixture sizes ``prior-sweep`` tries.
 PRIOR_SETTINGS = {"blur": {"summary_modes": 2}, "pixelate": {}}
+PRIOR_NOISE = {"blur": 0.0, "pixelate": 0.002}
+SWEPT_COMPONENTS = {"blur": (1, 5, 10, 20, 40), "pixelate": (1, 10, 20, 40, 80, 160)}
 
 
-def _prior_settings(run: str) -> dict:
-    return PRIOR_SETTINGS[run.split("-")[0]]
-
-
-def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, components=(1, 10, 20, 40, 80, 160)) -> list[dict]:
+def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600) -> list[dict]:
     """Model selection for a generation prior without touching the held-out digits: mixtures of
     ``components`` Gaussians over the run's summary of x_T, fitted to the training digits but the last
     ``n``, scored (FID-style of ``n`` samples) against those last ``n``, which neither the fit nor the
@@ -114,13 +112,14 @@ def prior_sweep(root: Path, out: Path, run: str = "pixelate", n: int = 600, comp
     net, _ = get_feature_net("mnist")
     ref = extract_features(net, train_split.x[-n:])  # the last n training digits
     pipe = load(root / run)
+    kind = pipe.degradation.name
     start = pipe.degrade(train_split.x[:n])
     x = torch.cat([pipe.restore(start[i:i + 200], sampler="improved", bf16=True) for i in range(0, n, 200)])
     rows = [{"run": run, "components": "real x_T", "n": n, "fid_vs_training": _fid(net, x.clamp(-1, 1), ref)}]
     print(json.dumps(rows[-1]), flush=True)
-    for k in components:
-        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **_prior_settings(run))
-        x = _sample(mixture, n, sampler="improved", noise_std=0.0 if run.startswith("blur") else 0.002).clamp(-1, 1)
+    for k in SWEPT_COMPONENTS[kind]:
+        mixture = _mixture_pipeline(pipe, train_split.x[:-n], components=k, **PRIOR_SETTINGS[kind])
+        x = _sample(mixture, n, sampler="improved", noise_std=PRIOR_NOISE[kind]).clamp(-1, 1)
         rows.append({"run": run, "components": k, "n": n, "fid_vs_training": _fid(net, x, ref)})
         print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps(rows, indent=1))

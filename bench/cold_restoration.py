@@ -290,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         from cold_generation import prior_sweep
 
         run = (args.runs or ["pixelate"])[0]
-        prior_sweep(ROOT, DOCS / f"cold_prior_sweep_{run}.json", run=run,
-                    components=(1, 5, 10, 20, 40) if run.startswith("blur") else (1, 10, 20, 40, 80, 160))
+        prior_sweep(ROOT, DOCS / f"cold_prior_sweep_{run}.json", run=run)
     elif args.phase == "ceiling":
         ceiling(DOCS / "cold_blur_ceiling.json")
     elif args.phase == "generate":
